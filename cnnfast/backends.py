@@ -1,0 +1,147 @@
+"""The backend registry: which kernels run an op, and the process-wide default.
+
+Backends:
+    "triton"  Triton kernels (``cnnfast.kernels``): CUDA tensors, or CPU tensors under the Triton
+              interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is imported).
+    "cuda"    the C++ extension's CUDA kernels (``cnnfast._C``), when it was built with CUDA.
+    "cpu"     the C++ extension's CPU kernels (``cnnfast._C``).
+    "torch"   stock PyTorch: the reference every other backend is tested against.
+    "auto"    the fastest backend available for the tensor's device that supports the case,
+              falling back to "torch" where no fast kernel does (float64, for example).
+
+``backend=None`` in the public API means the current default: ``use(name)`` sets it (and restores
+the previous one when used as a context manager); it starts as ``$CNNFAST_BACKEND`` or "auto".
+"""
+import importlib
+import importlib.util
+import os
+
+import torch
+
+NAMES = ("triton", "cuda", "cpu", "torch", "auto")
+
+# The dtypes the hand-written kernels implement; anything else runs on "torch" under "auto".
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Preference order for "auto", per device type, fastest first.
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+
+
+def _check_name(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"unknown cnnfast backend {name!r}; expected one of {', '.join(map(repr, NAMES))}")
+    return name
+
+
+_default = _check_name(os.environ.get("CNNFAST_BACKEND", "auto") or "auto")
+
+
+class use:
+    """Set the default backend; as a context manager, restore the previous one on exit.
+
+    >>> cnnfast.backends.use("triton")          # from now on
+    >>> with cnnfast.backends.use("torch"):     # only inside the block
+    ...     y = cnnfast.functional.conv2d(x, w)
+    """
+
+    def __init__(self, name: str):
+        global _default
+        self._previous = _default
+        _default = _check_name(name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _default
+        _default = self._previous
+        return False
+
+
+def default() -> str:
+    """The backend that ``backend=None`` currently means."""
+    return _default
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _extension():
+    """The compiled extension ``cnnfast._C``, or None when the package was installed without it."""
+    try:
+        return importlib.import_module("cnnfast._C")
+    except ImportError:
+        return None
+
+
+def _why_unavailable(name: str, device: torch.device):
+    """None if backend ``name`` can run on ``device``, else a sentence saying why not."""
+    if name == "torch":
+        return None
+    if name == "triton":
+        if not _has_triton():
+            return "backend 'triton' needs the triton package, which is not installed"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and _interpreting():
+            return None
+        return (f"backend 'triton' runs on CUDA tensors; on a {device.type} tensor it runs only under the "
+                "Triton interpreter (set TRITON_INTERPRET=1 before triton is imported)")
+    if name in ("cuda", "cpu"):
+        if device.type != name:
+            return f"backend {name!r} runs on {name} tensors, not on a {device.type} tensor"
+        ext = _extension()
+        if ext is None or not getattr(ext, f"has_{name}", lambda: False)():
+            return (f"backend {name!r} is not available: cnnfast was installed without its compiled "
+                    f"{name.upper()} kernels (cnnfast._C)")
+        return None
+    raise AssertionError(name)
+
+
+def available(device="cpu") -> list:
+    """The backends that can run on ``device`` here, fastest first ("torch" always last)."""
+    device = torch.device(device)
+    order = _AUTO_ORDER.get(device.type, ("torch",))
+    names = [n for n in order if _why_unavailable(n, device) is None]
+    if device.type == "cpu" and _why_unavailable("triton", device) is None:
+        names.insert(len(names) - 1, "triton")  # the interpreter: correct, never fast
+    return names
+
+
+def resolve(backend, op: str, tensor: torch.Tensor) -> str:
+    """The concrete backend that runs ``op`` on ``tensor``: ``backend`` or the default, "auto" resolved.
+
+    An explicitly named backend that cannot run the case raises; "auto" falls back to "torch".
+    """
+    name = _check_name(_default if backend is None else backend)
+    device = tensor.device
+    if name == "auto":
+        if tensor.dtype not in KERNEL_DTYPES:
+            return "torch"
+        for candidate in _AUTO_ORDER.get(device.type, ()):
+            if _why_unavailable(candidate, device) is None:
+                return candidate
+        return "torch"
+    if name == "torch":
+        return name
+    if tensor.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: backend {name!r} supports float32, float16 and bfloat16, not {tensor.dtype}; "
+                        "use backend='torch' or 'auto'")
+    why = _why_unavailable(name, device)
+    if why is not None:
+        raise RuntimeError(f"{op}: {why}")
+    return name
+
+
+def kernels(name: str):
+    """The module holding backend ``name``'s launchers (same names and signatures for every backend)."""
+    if name == "triton":
+        return importlib.import_module("cnnfast.kernels")
+    if name in ("cuda", "cpu"):
+        return importlib.import_module("cnnfast._extension")
+    raise AssertionError(name)

@@ -1,0 +1,218 @@
+"""The public functions: PyTorch's signatures plus a keyword ``backend=``.
+
+Everything about arguments lives here, once: ints versus tuples, 'same' and 'valid', output sizes,
+unbatched input, autocast, memory format and the error messages (worded like PyTorch's). Backends
+receive normalised arguments and trust them.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import _ops, backends
+
+__all__ = ["conv2d", "max_pool2d", "conv_relu_maxpool2d"]
+
+
+# --- argument normalisation --------------------------------------------------------------------
+
+def _pair(value, name: str, op: str):
+    """An int or a sequence of one or two ints, as a tuple of two ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (1, 2) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return (value[0], value[-1])
+    raise TypeError(f"{op}: {name} must be an int or a tuple of two ints, got {value!r}")
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _conv_out(size: int, pad_total: int, dilation: int, kernel: int, stride: int) -> int:
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size: ceil_mode rounds up, but no window may start in the padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _batched(input: torch.Tensor, op: str):
+    """Check the rank; return the input as 4-D and whether it was unbatched (3-D)."""
+    if input.dim() not in (3, 4):
+        raise ValueError(f"Expected 3D (unbatched) or 4D (batched) input to {op}, but got input of size: "
+                         f"{list(input.shape)}")
+    return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
+
+
+def _check_same(input: torch.Tensor, other: torch.Tensor, name: str, op: str):
+    if other.device != input.device:
+        raise RuntimeError(f"{op}: input is on {input.device} but {name} is on {other.device}; "
+                           "they must be on the same device")
+    if other.dtype != input.dtype:
+        raise RuntimeError(f"{op}: input dtype ({input.dtype}) and {name} dtype ({other.dtype}) should be the same")
+
+
+def _autocast(op_device: str, *tensors):
+    """Cast floating tensors to the autocast dtype when autocast is on (conv runs in lower precision)."""
+    if not torch.is_autocast_enabled(op_device):
+        return tensors
+    dtype = torch.get_autocast_dtype(op_device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
+    """Check a batched conv2d call; return (stride, (pad_top, pad_left), dilation, (OH, OW))."""
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected weight to be 4-D (out_channels, in_channels/groups, kH, kW), "
+                         f"but got weight of size {list(weight.shape)}")
+    _check_same(x, weight, "weight", op)
+    if bias is not None:
+        _check_same(x, bias, "bias", op)
+    if not isinstance(groups, int) or groups <= 0:
+        raise ValueError(f"{op}: non-positive groups is not supported (groups={groups!r})")
+    stride, dilation = _pair(stride, "stride", op), _pair(dilation, "dilation", op)
+    if min(stride) <= 0:
+        raise ValueError(f"{op}: non-positive stride is not supported (stride={stride})")
+    if min(dilation) <= 0:
+        raise ValueError(f"{op}: dilation should be greater than zero (dilation={dilation})")
+    out_channels, channels_per_group, kh, kw = weight.shape
+    if out_channels % groups != 0:
+        raise ValueError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
+                         f"dimension 0, but got weight of size {list(weight.shape)} instead")
+    if x.shape[1] != channels_per_group * groups:
+        raise ValueError(f"{op}: Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                         f"{list(x.shape)} to have {channels_per_group * groups} channels, but got "
+                         f"{x.shape[1]} channels instead")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise ValueError(f"{op}: Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
+                         f"with {out_channels} elements, but got bias of size {list(bias.shape)} instead")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = ((0, 0), (0, 0))
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions")
+            # Even kernels pad one more on the bottom/right, as PyTorch does.
+            pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dilation, (kh, kw)))
+        else:
+            raise ValueError(f"{op}: Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+    else:
+        ph, pw = _pair(padding, "padding", op)
+        if min(ph, pw) < 0:
+            raise ValueError(f"{op}: negative padding is not supported (padding={(ph, pw)})")
+        pads = ((ph, ph), (pw, pw))
+    padded = tuple(size + sum(p) for size, p in zip(x.shape[2:], pads))
+    effective = tuple(d * (k - 1) + 1 for d, k in zip(dilation, (kh, kw)))
+    if padded[0] < effective[0] or padded[1] < effective[1]:
+        raise ValueError(f"{op}: Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
+                         f"Kernel size: ({effective[0]} x {effective[1]}). Kernel size can't be greater "
+                         "than actual input size")
+    out_size = tuple(_conv_out(size, sum(p), d, k, s) for size, p, d, k, s in
+                     zip(x.shape[2:], pads, dilation, (kh, kw), stride))
+    return stride, (pads[0][0], pads[1][0]), dilation, out_size
+
+
+def _pool_geometry(size, kernel_size, stride, padding, dilation, ceil_mode, channels, op):
+    """Check max_pool2d arguments for an input of spatial ``size``; return the normalised geometry."""
+    kernel_size = _pair(kernel_size, "kernel_size", op)
+    stride = kernel_size if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
+        else _pair(stride, "stride", op)
+    padding, dilation = _pair(padding, "padding", op), _pair(dilation, "dilation", op)
+    if min(kernel_size) <= 0:
+        raise ValueError(f"{op}: kernel_size must be greater than zero, but got {kernel_size}")
+    if min(stride) <= 0:
+        raise ValueError(f"{op}: stride should be greater than zero, but got {stride}")
+    if min(dilation) <= 0:
+        raise ValueError(f"{op}: dilation should be greater than zero, but got {dilation}")
+    for p, k, d in zip(padding, kernel_size, dilation):
+        if p < 0 or p > (d * (k - 1) + 1) // 2:
+            raise ValueError(f"{op}: pad should be at most half of effective kernel size, but got "
+                             f"pad={p}, kernel_size={k} and dilation={d}")
+    out_size = tuple(_pool_out(s, k, st, p, d, ceil_mode)
+                     for s, k, st, p, d in zip(size, kernel_size, stride, padding, dilation))
+    if min(out_size) < 1:
+        raise ValueError(f"{op}: Given input size: ({channels}x{size[0]}x{size[1]}). Calculated output size: "
+                         f"({channels}x{out_size[0]}x{out_size[1]}). Output size is too small")
+    return kernel_size, stride, padding, dilation, out_size
+
+
+def _check_pool_input(x, op):
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"{op}: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for "
+                         f"input, but got: {list(x.shape)}")
+
+
+# --- public functions --------------------------------------------------------------------------
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """``torch.nn.functional.conv2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
+    op = "conv2d"
+    x, unbatched = _batched(input, op)
+    x, weight, bias = _autocast(x.device.type, x, weight, bias)
+    stride_, pad, dilation_, out_size = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
+    name = backends.resolve(backend, op, x)
+    if name == "torch":
+        out = F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_, groups)
+    else:
+        out = _ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, list(out_size),
+                          _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32,
+                          name)
+    return out.squeeze(0) if unbatched else out
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
+               *, backend=None):
+    """``torch.nn.functional.max_pool2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
+    op = "max_pool2d"
+    x, unbatched = _batched(input, op)
+    _check_pool_input(x, op)
+    kernel_size, stride, padding, dilation, out_size = _pool_geometry(
+        x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode, x.shape[1], op)
+    name = backends.resolve(backend, op, x)
+    if name == "torch":
+        result = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                              return_indices=return_indices)
+    else:
+        args = (x, list(kernel_size), list(stride), list(padding), list(dilation), list(out_size),
+                _is_channels_last(x), name)
+        if return_indices or (torch.is_grad_enabled() and x.requires_grad):
+            result = _ops.max_pool2d_with_indices(*args)
+            if not return_indices:
+                result = result[0]
+        else:
+            result = _ops.max_pool2d(*args)
+    if unbatched:
+        return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
+    return result
+
+
+def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool_kernel_size=2,
+                        pool_stride=None, pool_padding=0, pool_dilation=1, pool_ceil_mode=False, *, backend=None):
+    """``max_pool2d(relu(conv2d(input, weight, bias, ...)), pool_kernel_size, ...)`` in one kernel.
+
+    The pre-pool activation is never written to memory; for backward the op keeps one small integer
+    per pooled output (the window position of its maximum).
+    """
+    op = "conv_relu_maxpool2d"
+    x, unbatched = _batched(input, op)
+    x, weight, bias = _autocast(x.device.type, x, weight, bias)
+    stride_, pad, dilation_, conv_out = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
+    pool_kernel, pool_stride, pool_pad, pool_dilation, out_size = _pool_geometry(
+        conv_out, pool_kernel_size, pool_stride, pool_padding, pool_dilation, pool_ceil_mode, weight.shape[0], op)
+    name = backends.resolve(backend, op, x)
+    if name == "torch":
+        y = F.relu(F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_,
+                            groups))
+        out = F.max_pool2d(y, pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
+    else:
+        args = (x, weight, bias, list(stride_), list(pad), list(dilation_), groups, list(conv_out),
+                list(pool_kernel), list(pool_stride), list(pool_pad), list(pool_dilation), list(out_size),
+                _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32, name)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        out = _ops.conv_relu_maxpool2d_with_pos(*args)[0] if needs_grad else _ops.conv_relu_maxpool2d(*args)
+    return out.squeeze(0) if unbatched else out

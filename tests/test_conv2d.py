@@ -1,0 +1,125 @@
+"""conv2d forward and backward against a float64 reference, through every backend available here."""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, DTYPES, assert_matches, rand
+
+import cnnfast.functional as cf
+
+# (N, C, H, W), (K, C/groups, R, S), keyword arguments: small odd sizes that divide no block size.
+CASES = {
+    "net_conv1": ((2, 3, 11, 9), (6, 3, 3, 3), {}),
+    "net_conv2": ((3, 6, 7, 7), (16, 6, 3, 3), {}),
+    "stride2_pad1": ((2, 5, 9, 10), (7, 5, 3, 3), dict(stride=2, padding=1)),
+    "stride_1x2_pad_2x1_dil2": ((1, 4, 11, 9), (5, 4, 3, 3), dict(stride=(1, 2), padding=(2, 1), dilation=2)),
+    "groups2": ((2, 4, 8, 7), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    "depthwise": ((2, 6, 7, 9), (6, 1, 3, 3), dict(groups=6, padding=1)),
+    "k1x1_no_bias": ((2, 8, 5, 6), (12, 8, 1, 1), dict(bias=False)),
+    "k5x5_pad2": ((1, 3, 9, 8), (4, 3, 5, 5), dict(padding=2)),
+    "same_even_kernel": ((2, 3, 7, 6), (5, 3, 4, 2), dict(padding="same")),
+    "same_dilated": ((1, 3, 8, 7), (4, 3, 2, 3), dict(padding="same", dilation=2)),
+    "valid": ((2, 3, 6, 7), (4, 3, 3, 2), dict(padding="valid")),
+    "wide_channels": ((2, 40, 5, 5), (36, 40, 3, 3), dict(padding=1)),
+    "batch_zero": ((0, 3, 6, 6), (4, 3, 3, 3), {}),
+}
+
+
+def _inputs(case, dtype, channels_last=False):
+    x_shape, w_shape, kwargs = CASES[case]
+    kwargs = dict(kwargs)
+    has_bias = kwargs.pop("bias", True)
+    x = rand(*x_shape, dtype=dtype, channels_last=channels_last, requires_grad=True)
+    w = rand(*w_shape, dtype=dtype, requires_grad=True)
+    b = rand(w_shape[0], dtype=dtype, requires_grad=True) if has_bias else None
+    return x, w, b, kwargs
+
+
+def _forward_backward(fn, x, w, b, kwargs, grad_out=None):
+    out = fn(x, w, b, **kwargs)
+    if grad_out is None:
+        grad_out = torch.randn_like(out, dtype=torch.float64).to(out.dtype)
+    leaves = [t for t in (x, w, b) if t is not None]
+    grads = torch.autograd.grad(out, leaves, grad_out) if out.numel() else [torch.zeros_like(t) for t in leaves]
+    return out, grads, grad_out
+
+
+def _reference(x, w, b, kwargs, grad_out):
+    as64 = [None if t is None else t.detach().double().requires_grad_() for t in (x, w, b)]
+    return _forward_backward(F.conv2d, *as64, kwargs, grad_out.double())
+
+
+def _stock(x, w, b, kwargs, grad_out):
+    """Stock PyTorch at the test dtype (the yardstick for low precision)."""
+    same = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+    try:
+        return _forward_backward(F.conv2d, *same, kwargs, grad_out)
+    except RuntimeError:  # some low-precision conv paths do not exist on the CPU
+        return None, [None] * 3, None
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv2d_matches_float64_reference(case, backend):
+    x, w, b, kwargs = _inputs(case, torch.float32)
+    x_before = x.detach().clone()
+    out, grads, grad_out = _forward_backward(
+        lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
+    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
+    assert out.dtype == x.dtype
+    assert_matches(out, ref, torch.float32)
+    for name, g, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
+        assert_matches(g, r, torch.float32, what=name)
+    assert torch.equal(x.detach(), x_before), "conv2d modified its input"
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+@pytest.mark.parametrize("case", ["net_conv1", "stride_1x2_pad_2x1_dil2", "groups2", "wide_channels"])
+def test_conv2d_low_precision_within_twice_stock_error(case, dtype, backend):
+    x, w, b, kwargs = _inputs(case, dtype)
+    out, grads, grad_out = _forward_backward(lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
+    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
+    stock, stock_grads, _ = _stock(x, w, b, kwargs, grad_out)
+    assert out.dtype == dtype
+    assert_matches(out, ref, dtype, stock)
+    for name, g, r, s in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads, stock_grads):
+        assert_matches(g, r, dtype, s, what=name)
+
+
+@pytest.mark.parametrize("case", ["net_conv1", "stride2_pad1", "depthwise", "same_even_kernel"])
+def test_conv2d_channels_last_matches_reference_and_keeps_layout(case, backend):
+    x, w, b, kwargs = _inputs(case, torch.float32, channels_last=True)
+    out, grads, grad_out = _forward_backward(lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
+    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_matches(out, ref, torch.float32)
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r, torch.float32)
+
+
+def test_conv2d_unbatched_input_gives_unbatched_output(backend):
+    x = rand(3, 8, 7, requires_grad=True)
+    w = rand(4, 3, 3, 3, requires_grad=True)
+    out = cf.conv2d(x, w, padding=1, backend=backend)
+    ref = F.conv2d(x.detach().double(), w.detach().double(), padding=1)
+    assert out.shape == (4, 8, 7)
+    assert_matches(out, ref, torch.float32)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_conv2d_strided_view_input(backend):
+    base = rand(2, 6, 9, 14)
+    x = base[:, ::2, :, 1::2]  # neither NCHW- nor NHWC-contiguous
+    w = rand(5, 3, 3, 3)
+    assert_matches(cf.conv2d(x, w, backend=backend), F.conv2d(x.double(), w.double()), torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["net_conv1", "wide_channels"])
+def test_conv2d_tf32_follows_cudnn_flag(case, fast_backend):
+    x, w, b, kwargs = _inputs(case, torch.float32)
+    torch.backends.cudnn.allow_tf32 = True
+    out = cf.conv2d(x, w, b, **kwargs, backend=fast_backend)
+    ref = F.conv2d(x.double(), w.double(), b.double(), **kwargs)
+    assert torch.device(out.device).type == DEVICE
+    err = (out.double() - ref).norm() / ref.norm()
+    assert err < 5e-3, f"TF32 relative error {err:.3g}"
