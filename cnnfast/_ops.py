@@ -16,7 +16,7 @@ from .backends import kernels
 
 def _empty(x: Tensor, shape, channels_last: bool, dtype=None) -> Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.new_empty(shape, dtype=dtype or x.dtype, memory_format=fmt)
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
 def _pos_dtype(pool_kernel) -> torch.dtype:

@@ -90,3 +90,9 @@ def assert_matches(out, ref, dtype, stock=None, what="output"):
     scale = max(ref.abs().max().item(), 1.0)
     torch.testing.assert_close(out.double(), ref.double(), atol=atol * scale, rtol=rtol,
                                msg=lambda m: f"{what} ({dtype}): {m}")
+
+
+def assert_unchanged(t, before, what="input"):
+    """The op left its input as it was (NaN included)."""
+    torch.testing.assert_close(t.detach(), before, atol=0, rtol=0, equal_nan=True,
+                               msg=lambda m: f"the op modified its {what}: {m}")

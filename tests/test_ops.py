@@ -13,15 +13,15 @@ def _samples(backend):
     conv = ([1, 1], [1, 1], [1, 1], 1)
     yield _ops.conv2d, (x, w, b, *conv, [7, 6], False, False, backend)
     yield _ops.conv2d, (x, w, None, [2, 1], [0, 1], [1, 2], 1, [3, 4], False, False, backend)
-    g = rand(2, 4, 7, 6)
-    yield _ops.conv2d_input_grad, (g, w, [7, 6], *conv, False, False, backend)
+    g = rand(2, 4, 7, 6)  # backward ops have no double backward: their inputs need no grad
+    yield _ops.conv2d_input_grad, (g, w.detach(), [7, 6], *conv, False, False, backend)
     yield _ops.conv2d_weight_grad, (x.detach(), g, [4, 3, 3, 3], *conv, False, False, backend)
     yield _ops.conv2d_bias_grad, (g, backend)
     pool = ([2, 2], [2, 2], [0, 0], [1, 1], [3, 3], False, backend)
-    yield _ops.max_pool2d, (x, *pool)
+    yield _ops.max_pool2d, (x.detach(), *pool)  # the front end calls it only when no grad is needed
     yield _ops.max_pool2d_with_indices, (x, *pool)
     fused = (x, w, b, *conv, [7, 6], [2, 2], [2, 2], [0, 0], [1, 1], [3, 3], False, False, backend)
-    yield _ops.conv_relu_maxpool2d, fused
+    yield _ops.conv_relu_maxpool2d, tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in fused)
     yield _ops.conv_relu_maxpool2d_with_pos, fused
 
 
