@@ -65,7 +65,7 @@ def test_net_trains_like_the_pytorch_net(backend):
     ours.load_state_dict(theirs.state_dict())
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.001, momentum=0.9) for m in (ours, theirs)]
     generator = torch.Generator().manual_seed(1)
-    batch = 8 if DEVICE == "cpu" else 64
+    batch = 2 if DEVICE == "cpu" else 64  # the Triton interpreter on CPU is slow
     losses = []
     for _ in range(20):
         x = rand(batch, 3, 32, 32, generator=generator)
