@@ -1,0 +1,99 @@
+"""Every tile config of every Triton kernel, not only the one the heuristic picks, against float64.
+
+(Inductor once shipped a conv template that miscompiled at one config only: test them all.)"""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, assert_matches, rand
+
+pytestmark = pytest.mark.skipif("triton" not in __import__("cnnfast").backends.available(DEVICE),
+                                reason="the Triton backend cannot run here")
+
+DTYPES = [torch.float32, torch.float16]
+GEOMETRY = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2)
+
+
+def _conv_case(dtype):
+    x, w, b = rand(2, 4, 7, 6, dtype=dtype), rand(6, 2, 3, 3, dtype=dtype), rand(6, dtype=dtype)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    y64 = F.conv2d(x64, w64, b64, **GEOMETRY)
+    g = torch.randn_like(y64).to(dtype)
+    ref_grads = torch.autograd.grad(y64, (x64, w64, b64), g.double())
+    return (x, w, b, g), y64.detach(), ref_grads
+
+
+def _configs(name):
+    from cnnfast.kernels import conv2d, conv_relu_maxpool2d, max_pool2d
+    module, attr = {
+        "conv2d_forward": (conv2d, "_FWD_CONFIGS"), "conv2d_input_grad": (conv2d, "_INPUT_GRAD_CONFIGS"),
+        "conv2d_weight_grad": (conv2d, "_WEIGHT_GRAD_CONFIGS"), "conv2d_bias_grad": (conv2d, "_BIAS_GRAD_CONFIGS"),
+        "max_pool2d_forward": (max_pool2d, "FWD_CONFIGS"), "max_pool2d_backward": (max_pool2d, "BWD_CONFIGS"),
+        "conv_relu_maxpool2d_forward": (conv_relu_maxpool2d, "CONFIGS"),
+    }[name]
+    return range(len(getattr(module, attr)))
+
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv2d_forward"))
+def test_every_conv2d_forward_config(config, dtype):
+    from cnnfast.kernels import conv2d_forward
+    (x, w, b, _), ref, _ = _conv_case(dtype)
+    out = conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 2, (7, 6), config=config)
+    assert_matches(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv2d_input_grad"))
+def test_every_conv2d_input_grad_config(config, dtype):
+    from cnnfast.kernels import conv2d_input_grad
+    (x, w, b, g), _, (ref, _, _) = _conv_case(dtype)
+    assert_matches(conv2d_input_grad(g, w, (7, 6), (1, 1), (1, 1), (1, 1), 2, config=config), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv2d_weight_grad"))
+def test_every_conv2d_weight_grad_config(config, dtype):
+    from cnnfast.kernels import conv2d_weight_grad
+    (x, w, b, g), _, (_, ref, _) = _conv_case(dtype)
+    out = conv2d_weight_grad(x, g, tuple(w.shape), (1, 1), (1, 1), (1, 1), 2, config=config)
+    assert_matches(out, ref, dtype)
+
+
+@pytest.mark.parametrize("config", _configs("conv2d_bias_grad"))
+def test_every_conv2d_bias_grad_config(config):
+    from cnnfast.kernels import conv2d_bias_grad
+    (x, w, b, g), _, (_, _, ref) = _conv_case(torch.float32)
+    assert_matches(conv2d_bias_grad(g, config=config), ref, torch.float32)
+
+
+@pytest.mark.parametrize("config", _configs("max_pool2d_forward"))
+def test_every_max_pool2d_forward_config(config):
+    from cnnfast.kernels import max_pool2d_forward
+    x = rand(2, 3, 9, 8)
+    out, idx = max_pool2d_forward(x, (3, 3), (2, 2), (1, 1), (1, 1), (5, 4), with_indices=True, config=config)
+    ref, ref_idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("config", _configs("max_pool2d_backward"))
+def test_every_max_pool2d_backward_config(config):
+    from cnnfast.kernels import max_pool2d_backward
+    x64 = rand(2, 3, 9, 8).double().requires_grad_()
+    out, idx = F.max_pool2d(x64, 3, 2, 1, return_indices=True)
+    g = torch.randn_like(out)
+    (ref,) = torch.autograd.grad(out, x64, g)
+    got = max_pool2d_backward(g.float(), idx, (9, 8), (3, 3), (2, 2), (1, 1), (1, 1), config=config)
+    assert_matches(got, ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv_relu_maxpool2d_forward"))
+def test_every_fused_forward_config(config, dtype):
+    from cnnfast.kernels import conv_relu_maxpool2d_forward
+    x, w, b = rand(2, 4, 9, 8, dtype=dtype), rand(6, 2, 3, 3, dtype=dtype), rand(6, dtype=dtype)
+    out, pos = conv_relu_maxpool2d_forward(x, w, b, (1, 1), (0, 0), (1, 1), 2, (7, 6), (2, 2), (2, 2), (0, 0),
+                                           (1, 1), (3, 3), with_pos=True, config=config)
+    ref = F.max_pool2d(F.relu(F.conv2d(x.double(), w.double(), b.double(), groups=2)), 2)
+    assert_matches(out, ref, dtype)
+    assert bool(((pos >= 0) == (out > 0)).all()), "pos must be -1 exactly where the pooled value is <= 0"
