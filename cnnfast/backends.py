@@ -71,12 +71,23 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _extension():
-    """The compiled extension ``cnnfast._C``, or None when the package was installed without it."""
+def _load_extension():
     try:
         return importlib.import_module("cnnfast._C")
     except ImportError:
         return None
+
+
+# Looked up once, at import: torch.compile cannot trace importlib, and resolve() runs inside the graph.
+_EXTENSION = _load_extension()
+# Which of its kernels it has ("cpu", "cuda"), also fixed at import for the same reason.
+_EXTENSION_HAS = {name: bool(_EXTENSION is not None and getattr(_EXTENSION, f"has_{name}", lambda: False)())
+                  for name in ("cpu", "cuda")}
+
+
+def _extension():
+    """The compiled extension ``cnnfast._C``, or None when the package was installed without it."""
+    return _EXTENSION
 
 
 def _why_unavailable(name: str, device: torch.device):
@@ -95,8 +106,7 @@ def _why_unavailable(name: str, device: torch.device):
     if name in ("cuda", "cpu"):
         if device.type != name:
             return f"backend {name!r} runs on {name} tensors, not on a {device.type} tensor"
-        ext = _extension()
-        if ext is None or not getattr(ext, f"has_{name}", lambda: False)():
+        if not _EXTENSION_HAS[name]:
             return (f"backend {name!r} is not available: cnnfast was installed without its compiled "
                     f"{name.upper()} kernels (cnnfast._C)")
         return None

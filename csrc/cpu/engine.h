@@ -1,0 +1,554 @@
+// The CPU vector engine. No include guard and no includes: engine.cpp includes this file once per
+// instruction set, inside namespace cnnfast::cpu::<isa>, with CNNFAST_V (floats per vector) and
+// CNNFAST_ACC (vector accumulators the register file holds) defined. Everything here has internal
+// linkage, so the copies built for different instruction sets never meet at link time.
+//
+// Direct convolution, vectorised along the output row. A work item (image n, group g, a chunk of
+// output rows) first packs the input rows it needs into a zero-padded float32 scratch
+// P[c][hp][wp] (this absorbs padding, any strides and layout, and the zero-upsampling the input
+// gradient needs), so the inner loop has no bounds checks. One output row of KB channels is then
+// computed as KB x NV vector accumulators held in registers: per input channel c and tap (r, s), NV
+// vector loads of P (shared by the KB channels) and KB weight broadcasts (from weights packed as
+// [c][r][s][KB]) feed KB * NV FMAs. Rows land in a small row buffer; the conv op adds bias and
+// stores, the fused op rounds, applies ReLU and max-pools the rows of each pool window straight
+// from that buffer, so the conv output is never stored. The weight gradient is the same packing
+// with a reduction over output pixels: per (c, r, s), KB vector accumulators over dy rows.
+
+constexpr int V = CNNFAST_V;
+typedef float vf __attribute__((vector_size(CNNFAST_V * 4)));
+typedef int32_t vi __attribute__((vector_size(CNNFAST_V * 4)));
+
+static inline vf vload(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof(vf));
+  return v;
+}
+static inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(vf)); }
+static inline vf vsplat(float x) {
+  vf v = {};
+  return v + x;
+}
+static inline vf vload_strided(const float* p, int64_t st) {
+  vf v;
+  for (int i = 0; i < V; ++i) v[i] = p[i * st];
+  return v;
+}
+static inline float vsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < V; ++i) s += v[i];
+  return s;
+}
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t roundup(int64_t a, int64_t b) { return cdiv(a, b) * b; }
+
+// Scratch memory of one work item (64-byte aligned, freed on scope exit).
+struct Scratch {
+  void* p;
+  explicit Scratch(int64_t bytes) : p(aligned_alloc(64, (size_t)roundup(bytes > 0 ? bytes : 1, 64))) {}
+  ~Scratch() { free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* f() const { return static_cast<float*>(p); }
+};
+
+// P[c][hp][wp] = xs(n, c0 + c, hp + h_org, wp + w_org), 0 outside the image, where xs is x
+// zero-upsampled by (uh, uw): xs(t_h, t_w) = x(t_h / uh, t_w / uw) when both divide, else 0.
+static void pack(const View4& x, int64_t n, int64_t c0, int64_t Cn, int64_t Hx, int64_t Wx, int64_t uh,
+                 int64_t uw, int64_t h_org, int64_t w_org, int64_t HP, int64_t WP, float* P) {
+  for (int64_t c = 0; c < Cn; ++c) {
+    for (int64_t hp = 0; hp < HP; ++hp) {
+      float* dst = P + (c * HP + hp) * WP;
+      const int64_t t = hp + h_org;
+      if (t < 0 || t % uh != 0 || t / uh >= Hx) {
+        __builtin_memset(dst, 0, sizeof(float) * WP);
+        continue;
+      }
+      const float* src = x.p + n * x.s0 + (c0 + c) * x.s1 + (t / uh) * x.s2;
+      if (uw == 1) {
+        const int64_t lo = imin(imax(-w_org, 0), WP), hi = imin(imax(Wx - w_org, lo), WP);
+        for (int64_t wp = 0; wp < lo; ++wp) dst[wp] = 0.f;
+        if (x.s3 == 1) {
+          __builtin_memcpy(dst + lo, src + (lo + w_org), sizeof(float) * (hi - lo));
+        } else {
+          for (int64_t wp = lo; wp < hi; ++wp) dst[wp] = src[(wp + w_org) * x.s3];
+        }
+        for (int64_t wp = hi; wp < WP; ++wp) dst[wp] = 0.f;
+      } else {
+        for (int64_t wp = 0; wp < WP; ++wp) {
+          const int64_t tw = wp + w_org;
+          dst[wp] = (tw >= 0 && tw % uw == 0 && tw / uw < Wx) ? src[(tw / uw) * x.s3] : 0.f;
+        }
+      }
+    }
+  }
+}
+
+// Weights of every group, in blocks of up to 8 output channels, as [g][block][c][r][s][kb].
+struct PackedWeights {
+  Scratch mem;
+  int64_t Kg, crs, nblk;
+  PackedWeights(const float* w, int64_t G, int64_t Kg_, int64_t crs_)
+      : mem(G * cdiv(Kg_, 8) * crs_ * 8 * (int64_t)sizeof(float)), Kg(Kg_), crs(crs_), nblk(cdiv(Kg_, 8)) {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t b = 0; b < nblk; ++b) {
+        const int64_t k0 = b * 8, kb = imin(8, Kg - k0);
+        float* dst = block(g, b);
+        for (int64_t i = 0; i < crs; ++i)
+          for (int64_t k = 0; k < kb; ++k) dst[i * kb + k] = w[(g * Kg + k0 + k) * crs + i];
+      }
+  }
+  float* block(int64_t g, int64_t b) const { return mem.f() + (g * nblk + b) * crs * 8; }
+};
+
+// One output row of KB channels: out[k * ostride + ow] for ow < OWc (a multiple of NV * V) =
+// sum over c, r, s of Wk[((c*R + r)*S + s)*KB + k] * P[c][hp0 + r*dh][ow*sw + s*dw].
+template <int KB, int NV, bool UNIT>
+static void conv_row(const float* P, int64_t HP, int64_t WP, int64_t Cn, int64_t R, int64_t S, int64_t dh,
+                     int64_t dw, int64_t sw, int64_t hp0, const float* Wk, int64_t OWc, float* out,
+                     int64_t ostride) {
+  for (int64_t ow0 = 0; ow0 < OWc; ow0 += NV * V) {
+    vf acc[KB][NV];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[k][j] = vsplat(0.f);
+    for (int64_t c = 0; c < Cn; ++c) {
+      for (int64_t r = 0; r < R; ++r) {
+        const float* prow = P + (c * HP + hp0 + r * dh) * WP + ow0 * sw;
+        const float* wk = Wk + (c * R + r) * S * KB;
+        for (int64_t s = 0; s < S; ++s) {
+          const float* px = prow + s * dw;
+          vf xv[NV];
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) xv[j] = UNIT ? vload(px + j * V) : vload_strided(px + j * V * sw, sw);
+#pragma GCC unroll 8
+          for (int k = 0; k < KB; ++k) {
+            const vf wv = vsplat(wk[s * KB + k]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) acc[k][j] += wv * xv[j];
+          }
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) vstore(out + k * ostride + ow0 + j * V, acc[k][j]);
+  }
+}
+
+using RowFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, const float*, int64_t, float*, int64_t);
+
+// Vector count per row block for KB channels: as many as the accumulator budget allows (1, 2 or 4,
+// so that OWpad, a multiple of 4 * V, is a multiple of every block), no wider than the row needs.
+static int pick_nv(int kb, int64_t OW) {
+  int nv = CNNFAST_ACC / kb;
+  nv = nv >= 4 ? 4 : nv >= 2 ? 2 : 1;
+  while (nv > 1 && (nv / 2) * V >= OW) nv /= 2;
+  return nv;
+}
+
+template <int KB, bool UNIT>
+static RowFn row_fn_nv(int nv) {
+  return nv == 4 ? conv_row<KB, 4, UNIT> : nv == 2 ? conv_row<KB, 2, UNIT> : conv_row<KB, 1, UNIT>;
+}
+
+template <bool UNIT>
+static RowFn row_fn_u(int kb, int nv) {
+  switch (kb) {
+    case 1: return row_fn_nv<1, UNIT>(nv);
+    case 2: return row_fn_nv<2, UNIT>(nv);
+    case 3: return row_fn_nv<3, UNIT>(nv);
+    case 4: return row_fn_nv<4, UNIT>(nv);
+    case 5: return row_fn_nv<5, UNIT>(nv);
+    case 6: return row_fn_nv<6, UNIT>(nv);
+    case 7: return row_fn_nv<7, UNIT>(nv);
+    default: return row_fn_nv<8, UNIT>(nv);
+  }
+}
+
+// Everything a work item of the conv / fused forward needs, fixed per call.
+struct RowPlan {
+  const ConvFwdArgs* a;
+  PackedWeights* wp;
+  int64_t G, Cg, Kg, OWpad, WP;
+  RowFn fn[2];   // per block kind: full blocks of 8, the remainder
+  int64_t nv[2];
+};
+
+static void make_plan(RowPlan& pl, const ConvFwdArgs& a, PackedWeights* wp) {
+  const ConvGeom& g = a.g;
+  pl.a = &a;
+  pl.wp = wp;
+  pl.G = g.groups;
+  pl.Cg = g.Cg();
+  pl.Kg = g.Kg();
+  pl.OWpad = roundup(g.OW, 4 * V);
+  pl.WP = roundup((pl.OWpad - 1) * g.sw + (g.S - 1) * g.dw + 1, V);
+  const int kb_full = (int)imin(8, pl.Kg), kb_rem = (int)(pl.Kg % 8 == 0 ? kb_full : pl.Kg % 8);
+  const int kbs[2] = {kb_full, kb_rem};
+  for (int i = 0; i < 2; ++i) {
+    const int nv = pick_nv(kbs[i], g.OW);
+    pl.nv[i] = nv;
+    pl.fn[i] = g.sw == 1 ? row_fn_u<true>(kbs[i], nv) : row_fn_u<false>(kbs[i], nv);
+  }
+}
+
+// Conv rows [oh_lo, oh_hi] of image n, group g: packs the input, then calls row(oh, rows) with
+// rows[k * OWpad + ow] for every k < Kg (bias not added).
+template <class RowSink>
+static void conv_rows_range(const RowPlan& pl, int64_t n, int64_t g_, int64_t oh_lo, int64_t oh_hi, float* P,
+                            float* rows, RowSink sink) {
+  const ConvFwdArgs& a = *pl.a;
+  const ConvGeom& g = a.g;
+  const int64_t h_org = oh_lo * g.sh - g.ph;
+  const int64_t HP = (oh_hi - oh_lo) * g.sh + (g.R - 1) * g.dh + 1;
+  pack(a.x, n, g_ * pl.Cg, pl.Cg, a.Hx, a.Wx, a.up_h, a.up_w, h_org, -g.pw, HP, pl.WP, P);
+  for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
+    for (int64_t b = 0; b < pl.wp->nblk; ++b) {
+      const int64_t k0 = b * 8;
+      const int kind = (k0 + 8 <= pl.Kg) ? 0 : 1;
+      pl.fn[kind](P, HP, pl.WP, pl.Cg, g.R, g.S, g.dh, g.dw, g.sw, (oh - oh_lo) * g.sh, pl.wp->block(g_, b),
+                  roundup(g.OW, pl.nv[kind] * V), rows + k0 * pl.OWpad, pl.OWpad);
+    }
+    sink(oh, rows);
+  }
+}
+
+// ---- conv forward ---------------------------------------------------------------------------------
+
+struct ConvCtx {
+  RowPlan pl;
+  int64_t chunks, rows_per_chunk;
+};
+
+static void conv_body(void* vctx, int64_t begin, int64_t end) {
+  const ConvCtx& cx = *static_cast<ConvCtx*>(vctx);
+  const RowPlan& pl = cx.pl;
+  const ConvFwdArgs& a = *pl.a;
+  const ConvGeom& g = a.g;
+  const int64_t HPmax = (cx.rows_per_chunk - 1) * g.sh + (g.R - 1) * g.dh + 1;
+  Scratch P(pl.Cg * HPmax * pl.WP * 4), rows(pl.Kg * pl.OWpad * 4);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t ch = item % cx.chunks, g_ = (item / cx.chunks) % pl.G, n = item / (cx.chunks * pl.G);
+    const int64_t oh_lo = ch * cx.rows_per_chunk, oh_hi = imin(g.OH, oh_lo + cx.rows_per_chunk) - 1;
+    conv_rows_range(pl, n, g_, oh_lo, oh_hi, P.f(), rows.f(), [&](int64_t oh, const float* rw) {
+      for (int64_t k = 0; k < pl.Kg; ++k) {
+        const int64_t kk = g_ * pl.Kg + k;
+        const float b = a.bias ? a.bias[kk] : 0.f;
+        const float* src = rw + k * pl.OWpad;
+        float* dst = a.y.p + n * a.y.s0 + kk * a.y.s1 + oh * a.y.s2;
+        if (a.y.s3 == 1) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] = src[ow] + b;
+        } else {
+          for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow * a.y.s3] = src[ow] + b;
+        }
+      }
+    });
+  }
+}
+
+// Chunks of rows per image and group: enough work items to keep every thread busy.
+static int64_t row_chunks(int64_t images, int64_t rows) {
+  const int64_t want = 32;
+  return images >= want ? 1 : imin(rows, cdiv(want, images > 0 ? images : 1));
+}
+
+static void conv_forward_impl(const ConvFwdArgs& a, ParallelFn parallel) {
+  const ConvGeom& g = a.g;
+  PackedWeights wp(a.w, g.groups, g.Kg(), g.Cg() * g.R * g.S);
+  ConvCtx cx;
+  make_plan(cx.pl, a, &wp);
+  const int64_t chunks = row_chunks(g.N * g.groups, g.OH);
+  cx.rows_per_chunk = cdiv(g.OH, chunks);
+  cx.chunks = cdiv(g.OH, cx.rows_per_chunk);
+  parallel(g.N * g.groups * cx.chunks, &cx, conv_body);
+}
+
+// ---- fused conv + bias + ReLU + max_pool2d forward -------------------------------------------------
+
+template <class PosT>
+static void store_pooled(const FusedFwdArgs& a, int64_t n, int64_t k, int64_t ph, const float* best,
+                         const int32_t* q, int64_t PW) {
+  const View4& o = a.conv.y;
+  float* dst = o.p + n * o.s0 + k * o.s1 + ph * o.s2;
+  for (int64_t pw = 0; pw < PW; ++pw) dst[pw * o.s3] = best[pw];
+  if (a.pos) {
+    PosT* pdst = static_cast<PosT*>(a.pos) + n * a.ps0 + k * a.ps1 + ph * a.ps2;
+    for (int64_t pw = 0; pw < PW; ++pw) pdst[pw * a.ps3] = (PosT)(best[pw] <= 0.f ? -1 : q[pw]);
+  }
+}
+
+// The running max over tap j of window row i for every pooled column, PyTorch's rule, branch-free
+// so it vectorises; PSW is the pool stride when it is a compile-time 1 or 2, else 0 (runtime psw).
+template <int PSW>
+static void pool_tap(const float* row, int64_t col_off, int64_t psw_rt, int64_t lo, int64_t hi, int32_t tap,
+                     float* best, int32_t* q) {
+  const int64_t psw = PSW ? PSW : psw_rt;
+  for (int64_t pw = lo; pw < hi; ++pw) {
+    const float v = row[pw * psw + col_off];
+    const float b = best[pw];
+    const bool take = (v > b) | (v != v);
+    best[pw] = take ? v : b;
+    q[pw] = take ? tap : q[pw];
+  }
+}
+
+struct FusedCtx {
+  RowPlan pl;
+  const FusedFwdArgs* f;
+  int64_t chunks, rows_per_chunk;
+};
+
+static void fused_body(void* vctx, int64_t begin, int64_t end) {
+  const FusedCtx& cx = *static_cast<FusedCtx*>(vctx);
+  const RowPlan& pl = cx.pl;
+  const FusedFwdArgs& f = *cx.f;
+  const ConvFwdArgs& a = f.conv;
+  const ConvGeom& g = a.g;
+  const PoolGeom& p = f.pool;
+  const int64_t PH = p.OH, PW = p.OW;
+  const int64_t conv_rows_max = (cx.rows_per_chunk - 1) * p.sh + (p.kh - 1) * p.dh + 1;
+  const int64_t HPmax = (conv_rows_max - 1) * g.sh + (g.R - 1) * g.dh + 1;
+  Scratch P(pl.Cg * HPmax * pl.WP * 4), rows(p.kh * pl.Kg * pl.OWpad * 4);
+  Scratch best(imax(PW, pl.Kg * pl.OWpad) * 4), q(imax(PW, pl.Kg * pl.OWpad) * 4);
+  // Flat pooling (all channels in one loop) when windows start at column 0 with stride 1 or 2 and
+  // stay inside the row buffer; otherwise per channel with explicit column bounds.
+  const bool flat = (p.sw == 1 || p.sw == 2) && p.pw == 0 && pl.OWpad % p.sw == 0 && pl.OWpad / p.sw >= PW &&
+                    (PW - 1) * p.sw + (p.kw - 1) * p.dw < pl.OWpad;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t ch = item % cx.chunks, g_ = (item / cx.chunks) % pl.G, n = item / (cx.chunks * pl.G);
+    const int64_t ph_lo = ch * cx.rows_per_chunk, ph_hi = imin(PH, ph_lo + cx.rows_per_chunk);
+    for (int64_t ph = ph_lo; ph < ph_hi; ++ph) {
+      // The conv rows of this pooled row's windows that exist: [lo, hi], each computed into slot i.
+      const int64_t oh0 = ph * p.sh - p.ph;
+      int64_t lo = -1, hi = -1;
+      for (int64_t i = 0; i < p.kh; ++i) {
+        const int64_t oh = oh0 + i * p.dh;
+        if (oh >= 0 && oh < p.H) {
+          if (lo < 0) lo = oh;
+          hi = oh;
+        }
+      }
+      float* bst = best.f();
+      int32_t* qq = static_cast<int32_t*>(q.p);
+      // Pack once per pooled row for the rows [lo, hi]; compute only the window rows.
+      const int64_t h_org = lo * g.sh - g.ph;
+      const int64_t HP = (hi - lo) * g.sh + (g.R - 1) * g.dh + 1;
+      pack(a.x, n, g_ * pl.Cg, pl.Cg, a.Hx, a.Wx, a.up_h, a.up_w, h_org, -g.pw, HP, pl.WP, P.f());
+      for (int64_t i = 0; i < p.kh; ++i) {
+        const int64_t oh = oh0 + i * p.dh;
+        if (oh < 0 || oh >= p.H) continue;
+        float* rw = rows.f() + i * pl.Kg * pl.OWpad;
+        for (int64_t b = 0; b < pl.wp->nblk; ++b) {
+          const int64_t k0 = b * 8;
+          const int kind = (k0 + 8 <= pl.Kg) ? 0 : 1;
+          pl.fn[kind](P.f(), HP, pl.WP, pl.Cg, g.R, g.S, g.dh, g.dw, g.sw, (oh - lo) * g.sh,
+                      pl.wp->block(g_, b), roundup(g.OW, pl.nv[kind] * V), rw + k0 * pl.OWpad, pl.OWpad);
+        }
+        for (int64_t k = 0; k < pl.Kg; ++k) {
+          float* r = rw + k * pl.OWpad;
+          const float bias = a.bias ? a.bias[g_ * pl.Kg + k] : 0.f;
+          // Columns past OW become -inf: a window tap landing there is never taken (flat pooling below).
+          const float ninf = -__builtin_huge_valf();
+          if (f.round_mode == kRoundNone) {
+            for (int64_t ow = 0; ow < pl.OWpad; ++ow) r[ow] = ow < g.OW ? relu_keep_nan(r[ow] + bias) : ninf;
+          } else {
+            for (int64_t ow = 0; ow < pl.OWpad; ++ow)
+              r[ow] = ow < g.OW ? relu_keep_nan(round_to(r[ow] + bias, f.round_mode)) : ninf;
+          }
+        }
+      }
+      if (flat) {
+        // Every channel's pooled row at once: pooled cell e = k * PWs + pw reads row column
+        // e * psw + j * dw, since OWpad = PWs * psw; long, branch-free loops that vectorise.
+        const int64_t PWs = pl.OWpad / p.sw, E = pl.Kg * PWs;
+        for (int64_t e = 0; e < E; ++e) {
+          bst[e] = -__builtin_huge_valf();
+          qq[e] = 0;
+        }
+        for (int64_t i = 0; i < p.kh; ++i) {
+          const int64_t oh = oh0 + i * p.dh;
+          if (oh < 0 || oh >= p.H) continue;
+          const float* r = rows.f() + i * pl.Kg * pl.OWpad;
+          for (int64_t j = 0; j < p.kw; ++j) {
+            const int32_t tap = (int32_t)(i * p.kw + j);
+            if (p.sw == 2)
+              pool_tap<2>(r, j * p.dw, 2, 0, E, tap, bst, qq);
+            else
+              pool_tap<1>(r, j * p.dw, 1, 0, E, tap, bst, qq);
+          }
+        }
+        for (int64_t k = 0; k < pl.Kg; ++k) {
+          const int64_t kk = g_ * pl.Kg + k;
+          switch (f.pos_bytes) {
+            case 1: store_pooled<int8_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW); break;
+            case 2: store_pooled<int16_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW); break;
+            default: store_pooled<int32_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW); break;
+          }
+        }
+        continue;
+      }
+      for (int64_t k = 0; k < pl.Kg; ++k) {
+        for (int64_t pw = 0; pw < PW; ++pw) {
+          bst[pw] = -__builtin_huge_valf();
+          qq[pw] = 0;
+        }
+        for (int64_t i = 0; i < p.kh; ++i) {
+          const int64_t oh = oh0 + i * p.dh;
+          if (oh < 0 || oh >= p.H) continue;
+          const float* r = rows.f() + (i * pl.Kg + k) * pl.OWpad;
+          for (int64_t j = 0; j < p.kw; ++j) {
+            const int64_t col_off = j * p.dw - p.pw;
+            // pooled columns whose tap j lands in [0, OW): 0 <= pw*sw + col_off < OW
+            const int64_t plo = col_off >= 0 ? 0 : cdiv(-col_off, p.sw);
+            const int64_t phi = g.OW - 1 - col_off >= 0 ? imin(PW, (g.OW - 1 - col_off) / p.sw + 1) : 0;
+            const int32_t tap = (int32_t)(i * p.kw + j);
+            if (p.sw == 2)
+              pool_tap<2>(r, col_off, 2, plo, phi, tap, bst, qq);
+            else if (p.sw == 1)
+              pool_tap<1>(r, col_off, 1, plo, phi, tap, bst, qq);
+            else
+              pool_tap<0>(r, col_off, p.sw, plo, phi, tap, bst, qq);
+          }
+        }
+        const int64_t kk = g_ * pl.Kg + k;
+        switch (f.pos_bytes) {
+          case 1: store_pooled<int8_t>(f, n, kk, ph, bst, qq, PW); break;
+          case 2: store_pooled<int16_t>(f, n, kk, ph, bst, qq, PW); break;
+          default: store_pooled<int32_t>(f, n, kk, ph, bst, qq, PW); break;
+        }
+      }
+    }
+  }
+}
+
+static void fused_forward_impl(const FusedFwdArgs& f, ParallelFn parallel) {
+  const ConvFwdArgs& a = f.conv;
+  const ConvGeom& g = a.g;
+  PackedWeights wp(a.w, g.groups, g.Kg(), g.Cg() * g.R * g.S);
+  FusedCtx cx;
+  make_plan(cx.pl, a, &wp);
+  cx.f = &f;
+  const int64_t chunks = row_chunks(g.N * g.groups, f.pool.OH);
+  cx.rows_per_chunk = cdiv(f.pool.OH, chunks);
+  cx.chunks = cdiv(f.pool.OH, cx.rows_per_chunk);
+  parallel(g.N * g.groups * cx.chunks, &cx, fused_body);
+}
+
+// ---- weight gradient -------------------------------------------------------------------------------
+
+// acc_out[k * crs + (c*R + r)*S + s] += sum over oh, ow of D[k][oh][ow] * P[c][oh*sh + r*dh][ow*sw + s*dw]
+template <int KB>
+static void wgrad_block(const float* P, int64_t HP, int64_t WP, const float* D, int64_t OH, int64_t OWp,
+                        int64_t OW, int64_t Cn, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t dh,
+                        int64_t dw, float* acc_out, int64_t crs) {
+  vi lane;
+  for (int i = 0; i < V; ++i) lane[i] = i;
+  const int64_t ow_full = (OW / V) * V;
+  const vi tail_mask = lane < (vi){} + (int32_t)(OW - ow_full);
+  for (int64_t c = 0; c < Cn; ++c)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s) {
+        vf acc[KB];
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) acc[k] = vsplat(0.f);
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const float* px = P + (c * HP + oh * sh + r * dh) * WP + s * dw;
+          const float* d = D + oh * OWp;
+          for (int64_t ow0 = 0; ow0 < OWp; ow0 += V) {
+            vf xv = sw == 1 ? vload(px + ow0) : vload_strided(px + ow0 * sw, sw);
+            if (ow0 >= ow_full) xv = (vf)((vi)xv & tail_mask);  // lanes past OW: exactly 0, even for inf
+#pragma GCC unroll 8
+            for (int k = 0; k < KB; ++k) acc[k] += vload(d + k * OH * OWp + ow0) * xv;
+          }
+        }
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) acc_out[k * crs + (c * R + r) * S + s] += vsum(acc[k]);
+      }
+}
+
+using WgradFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+
+static WgradFn wgrad_fn(int64_t kb) {
+  switch (kb) {
+    case 1: return wgrad_block<1>;
+    case 2: return wgrad_block<2>;
+    case 3: return wgrad_block<3>;
+    case 4: return wgrad_block<4>;
+    case 5: return wgrad_block<5>;
+    case 6: return wgrad_block<6>;
+    case 7: return wgrad_block<7>;
+    default: return wgrad_block<8>;
+  }
+}
+
+struct WgradCtx {
+  const WeightGradArgs* a;
+  float* ws;  // [chunk][K][crs]
+  int64_t chunks, per_chunk;
+};
+
+static void wgrad_body(void* vctx, int64_t begin, int64_t end) {
+  const WgradCtx& cx = *static_cast<WgradCtx*>(vctx);
+  const WeightGradArgs& a = *cx.a;
+  const ConvGeom& g = a.g;
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), G = g.groups, crs = Cg * g.R * g.S;
+  const int64_t OWp = roundup(g.OW, V);
+  const int64_t WP = roundup((OWp - 1) * g.sw + (g.S - 1) * g.dw + 1, V);
+  const int64_t HP = (g.OH - 1) * g.sh + (g.R - 1) * g.dh + 1;
+  Scratch P(Cg * HP * WP * 4), D(Kg * g.OH * OWp * 4);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t chunk = item / G, g_ = item % G;
+    float* out = cx.ws + (chunk * g.K + g_ * Kg) * crs;
+    for (int64_t i = 0; i < Kg * crs; ++i) out[i] = 0.f;
+    const int64_t n_end = imin(g.N, (chunk + 1) * cx.per_chunk);
+    for (int64_t n = chunk * cx.per_chunk; n < n_end; ++n) {
+      pack(a.x, n, g_ * Cg, Cg, g.H, g.W, 1, 1, -g.ph, -g.pw, HP, WP, P.f());
+      pack(a.dy, n, g_ * Kg, Kg, g.OH, g.OW, 1, 1, 0, 0, g.OH, OWp, D.f());
+      for (int64_t k0 = 0; k0 < Kg; k0 += 8) {
+        const int64_t kb = imin(8, Kg - k0);
+        wgrad_fn(kb)(P.f(), HP, WP, D.f() + k0 * g.OH * OWp, g.OH, OWp, g.OW, Cg, g.R, g.S, g.sh, g.sw, g.dh,
+                     g.dw, out + k0 * crs, crs);
+      }
+    }
+  }
+}
+
+struct ReduceCtx {
+  const float* ws;
+  float* out;
+  int64_t chunks, total;
+};
+
+static void reduce_body(void* vctx, int64_t begin, int64_t end) {
+  const ReduceCtx& cx = *static_cast<ReduceCtx*>(vctx);
+  const int64_t block = 4096;
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t lo = b * block, hi = imin(cx.total, lo + block);
+    for (int64_t i = lo; i < hi; ++i) cx.out[i] = cx.ws[i];
+    for (int64_t c = 1; c < cx.chunks; ++c) {
+      const float* src = cx.ws + c * cx.total;
+      for (int64_t i = lo; i < hi; ++i) cx.out[i] += src[i];
+    }
+  }
+}
+
+static void weight_grad_impl(const WeightGradArgs& a, ParallelFn parallel) {
+  const ConvGeom& g = a.g;
+  const int64_t total = g.K * g.Cg() * g.R * g.S;
+  WgradCtx cx;
+  cx.a = &a;
+  cx.chunks = imin(g.N, 16);  // a function of N only: the summation order never depends on threads
+  cx.per_chunk = cdiv(g.N, cx.chunks);
+  cx.chunks = cdiv(g.N, cx.per_chunk);
+  Scratch ws(cx.chunks * total * 4);
+  cx.ws = ws.f();
+  parallel(cx.chunks * g.groups, &cx, wgrad_body);
+  ReduceCtx rc{ws.f(), a.gw, cx.chunks, total};
+  parallel(cdiv(total, 4096), &rc, reduce_body);
+}

@@ -1,0 +1,66 @@
+// The CPU vector engine's interface: plain structs of float32 pointers and int64 strides, no ATen.
+// engine.cpp compiles the engine once per instruction set (AVX-512, AVX2+FMA, baseline) and picks one
+// at run time; the ATen glue (conv2d.cpp, conv_relu_maxpool2d.cpp) converts dtypes and layouts, and
+// supplies the thread pool through `ParallelFn`.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/geometry.h"
+
+namespace cnnfast {
+namespace cpu {
+
+// A float32 4-D view with arbitrary int64 strides.
+struct View4 {
+  float* p;
+  int64_t s0, s1, s2, s3;
+};
+
+// Runs body(ctx, begin, end) over [0, count) on the thread pool.
+using Body = void (*)(void* ctx, int64_t begin, int64_t end);
+using ParallelFn = void (*)(int64_t count, void* ctx, Body body);
+
+// y = conv(x, w) + bias. x is read through `x` (N, C, Hx, Wx) where the convolution sees the
+// zero-upsampled input  xs[t] = x[t / up] if t % up == 0 (up = 1: x itself), of size
+// ((Hx-1)*up_h+1, (Wx-1)*up_w+1); this is how the input gradient runs as a forward convolution of dy.
+// Padding (g.ph, g.pw) may be negative. w: contiguous float (K, C/groups, R, S). bias: K floats or null.
+struct ConvFwdArgs {
+  View4 x;
+  int64_t Hx, Wx, up_h, up_w;
+  const float* w;
+  const float* bias;
+  View4 y;
+  ConvGeom g;  // g.H, g.W: the (upsampled) input size the convolution sees
+};
+
+// max_pool2d(relu(round(conv(x, w) + bias))) with the pooled window position written to `pos`
+// (int8/16/32 per `pos_bytes`, same strides as `out`; null for none): i * pkw + j, or -1 where the
+// pooled value is <= 0. `round_mode`: geometry.h's RoundMode for the conv output before ReLU.
+struct FusedFwdArgs {
+  ConvFwdArgs conv;
+  PoolGeom pool;  // pool.H, pool.W = conv output size
+  void* pos;
+  int pos_bytes;
+  int64_t ps0, ps1, ps2, ps3;
+  int round_mode;
+};
+
+// gw (contiguous float (K, C/groups, R, S)) = sum over n, oh, ow of dy[n,k,oh,ow] * x[...], split over
+// fixed chunks of the batch (a function of N only) and reduced in chunk order: bit-for-bit repeatable
+// whatever the number of threads.
+struct WeightGradArgs {
+  View4 x, dy;
+  float* gw;
+  ConvGeom g;
+};
+
+void conv_forward(const ConvFwdArgs& a, ParallelFn parallel);
+void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel);
+void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel);
+
+// Which instruction set the engine runs on here ("avx512", "avx2", "baseline").
+const char* engine_isa();
+
+}  // namespace cpu
+}  // namespace cnnfast

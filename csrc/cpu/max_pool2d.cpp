@@ -1,0 +1,98 @@
+// max_pool2d on the CPU: forward (values and optional int64 indices) with PyTorch's rule, and the
+// backward as a gather (common/geometry.h: pool_window, pool_gather), parallel over the N*C planes.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../ops.h"
+#include "glue.h"
+
+namespace cnnfast {
+namespace cpu {
+namespace {
+
+void max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                    at::IntArrayRef dilation, const at::Tensor& out, const std::optional<at::Tensor>& indices) {
+  const char* op = "max_pool2d_fwd_kernel";
+  check_tensor(x, x, op, "input", 4);
+  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == x.scalar_type(), op, ": out must be 4-D of input's dtype");
+  const int64_t N = x.size(0), C = x.size(1);
+  const PoolGeom p = pool_geom(op, x.size(2), x.size(3), out.size(2), out.size(3), kernel, stride, padding, dilation);
+  check_out(out, x, op, "out", {N, C, p.OH, p.OW});
+  int64_t* idx = nullptr;
+  int64_t is[4] = {0, 0, 0, 0};
+  if (indices.has_value()) {
+    check_out(*indices, x, op, "indices", {N, C, p.OH, p.OW});
+    TORCH_CHECK(indices->scalar_type() == at::kLong, op, ": indices must be int64");
+    idx = indices->data_ptr<int64_t>();
+    for (int d = 0; d < 4; ++d) is[d] = indices->stride(d);
+  }
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_fwd_kernel", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.data_ptr<scalar_t>();
+    const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2), xs3 = x.stride(3);
+    const int64_t os0 = out.stride(0), os1 = out.stride(1), os2 = out.stride(2), os3 = out.stride(3);
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        const scalar_t* plane = xp + n * xs0 + c * xs1;
+        for (int64_t oh = 0; oh < p.OH; ++oh)
+          for (int64_t ow = 0; ow < p.OW; ++ow) {
+            float best;
+            int64_t best_idx;
+            pool_window(p, oh, ow, [&](int64_t h, int64_t w) { return static_cast<float>(plane[h * xs2 + w * xs3]); },
+                        best, best_idx);
+            op_[n * os0 + c * os1 + oh * os2 + ow * os3] = static_cast<scalar_t>(best);
+            if (idx) idx[n * is[0] + c * is[1] + oh * is[2] + ow * is[3]] = best_idx;
+          }
+      }
+    });
+  });
+}
+
+void max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntArrayRef kernel, at::IntArrayRef stride,
+                    at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out) {
+  const char* op = "max_pool2d_bwd_kernel";
+  check_tensor(grad, grad, op, "grad", 4);
+  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == grad.scalar_type(), op, ": out must be 4-D of grad's dtype");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64");
+  const int64_t N = out.size(0), C = out.size(1);
+  const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), kernel, stride, padding,
+                               dilation);
+  check_out(grad, out, op, "grad", {N, C, p.OH, p.OW});
+  check_out(indices, out, op, "indices", {N, C, p.OH, p.OW});
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "max_pool2d_bwd_kernel", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const int64_t* ip = indices.const_data_ptr<int64_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
+    const int64_t is0 = indices.stride(0), is1 = indices.stride(1), is2 = indices.stride(2), is3 = indices.stride(3);
+    const int64_t os0 = out.stride(0), os1 = out.stride(1), os2 = out.stride(2), os3 = out.stride(3);
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        const scalar_t* g = gp + n * gs0 + c * gs1;
+        const int64_t* ix = ip + n * is0 + c * is1;
+        for (int64_t h = 0; h < p.H; ++h)
+          for (int64_t w = 0; w < p.W; ++w) {
+            const int64_t target = h * p.W + w;
+            const float v = pool_gather(
+                p, h, w, [&](int64_t oh, int64_t ow, int64_t, int64_t) { return ix[oh * is2 + ow * is3] == target; },
+                [&](int64_t oh, int64_t ow) { return static_cast<float>(g[oh * gs2 + ow * gs3]); });
+            dst[n * os0 + c * os1 + h * os2 + w * os3] = static_cast<scalar_t>(v);
+          }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
+  m.impl("max_pool2d_fwd_kernel", &max_pool2d_fwd);
+  m.impl("max_pool2d_bwd_kernel", &max_pool2d_bwd);
+}
+
+}  // namespace cpu
+}  // namespace cnnfast

@@ -1,0 +1,62 @@
+// Every schema of the extension's ops, in one place, and the Python module cnnfast._C.
+//
+// The ops are the kernels' entry points, not the public API: cnnfast/_extension.py allocates every
+// output (so the test suite's poisoning applies, as for the Triton kernels), passes it as a mutable
+// argument, and registers fake kernels; cnnfast/_ops.py wires autograd around the public custom ops.
+// Names end in _kernel so they never meet the Python-defined ops of the same namespace. Python's
+// torch.library registers fragments of `cnnfast` too, so this is a fragment as well.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <torch/cuda.h>
+
+#include "cpu/engine_api.h"
+
+TORCH_LIBRARY_FRAGMENT(cnnfast, m) {
+  m.def("conv2d_fwd_kernel(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+        "int groups, Tensor(a!) out) -> ()");
+  m.def("conv2d_input_grad_kernel(Tensor grad, Tensor weight, int[] stride, int[] padding, int[] dilation, "
+        "int groups, Tensor(a!) out) -> ()");
+  m.def("conv2d_weight_grad_kernel(Tensor x, Tensor grad, int[] stride, int[] padding, int[] dilation, "
+        "int groups, Tensor(a!) out) -> ()");
+  m.def("conv2d_bias_grad_kernel(Tensor grad, Tensor(a!) out) -> ()");
+  m.def("max_pool2d_fwd_kernel(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+        "Tensor(a!) out, Tensor(b!)? indices) -> ()");
+  m.def("max_pool2d_bwd_kernel(Tensor grad, Tensor indices, int[] kernel_size, int[] stride, int[] padding, "
+        "int[] dilation, Tensor(a!) out) -> ()");
+  m.def("conv_relu_maxpool2d_fwd_kernel(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+        "int[] dilation, int groups, int[] conv_out_size, int[] pool_kernel, int[] pool_stride, "
+        "int[] pool_padding, int[] pool_dilation, Tensor(a!) out, Tensor(b!)? pos) -> ()");
+  m.def("conv_relu_maxpool2d_unpool_kernel(Tensor grad, Tensor pos, int[] pool_kernel, int[] pool_stride, "
+        "int[] pool_padding, int[] pool_dilation, Tensor(a!) out) -> ()");
+}
+
+namespace {
+
+bool has_cpu() { return true; }
+
+bool has_cuda() {
+#ifdef CNNFAST_WITH_CUDA
+  return torch::cuda::is_available();
+#else
+  return false;
+#endif
+}
+
+bool built_with_cuda() {
+#ifdef CNNFAST_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "cnnfast's C++/CUDA kernels; the ops live in torch.ops.cnnfast.*_kernel";
+  m.def("has_cpu", &has_cpu, "whether the CPU kernels are built (always)");
+  m.def("has_cuda", &has_cuda, "whether the CUDA kernels are built and a CUDA device is available");
+  m.def("built_with_cuda", &built_with_cuda, "whether the CUDA kernels are built");
+  m.def("cpu_isa", &cnnfast::cpu::engine_isa, "the instruction set the CPU engine runs on here");
+}

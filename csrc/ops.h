@@ -1,0 +1,69 @@
+// Host-side helpers both devices' ATen glue uses: the argument checks every op makes (TORCH_CHECK
+// naming the argument) and the geometry structs of common/geometry.h filled from tensors and lists.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "common/geometry.h"
+
+namespace cnnfast {
+
+inline void check_pair(at::IntArrayRef v, const char* op, const char* name, int64_t min_value) {
+  TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 elements, got ", v.size());
+  TORCH_CHECK(v[0] >= min_value && v[1] >= min_value, op, ": ", name, " must be >= ", min_value, ", got ", v);
+}
+
+inline void check_tensor(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name,
+                         int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but input is on ", like.device());
+}
+
+inline void check_float(const at::Tensor& t, const char* op, const char* name) {
+  const auto d = t.scalar_type();
+  TORCH_CHECK(d == at::kFloat || d == at::kHalf || d == at::kBFloat16, op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", d);
+}
+
+// The conv geometry of x (N, C, H, W), weight (K, C/groups, R, S) and the output size (OH, OW).
+inline ConvGeom conv_geom(const char* op, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t OH,
+                          int64_t OW) {
+  check_tensor(x, x, op, "input", 4);
+  check_tensor(weight, x, op, "weight", 4);
+  check_pair(stride, op, "stride", 1);
+  check_pair(padding, op, "padding", 0);
+  check_pair(dilation, op, "dilation", 1);
+  TORCH_CHECK(groups >= 1, op, ": groups must be positive, got ", groups);
+  ConvGeom g;
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
+  g.OH = OH, g.OW = OW, g.groups = groups;
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
+  TORCH_CHECK(g.K % groups == 0 && g.C == weight.size(1) * groups, op, ": weight ", weight.sizes(),
+              " does not fit input ", x.sizes(), " with groups=", groups);
+  TORCH_CHECK(OH >= 0 && OW >= 0, op, ": negative output size");
+  return g;
+}
+
+inline PoolGeom pool_geom(const char* op, int64_t H, int64_t W, int64_t OH, int64_t OW, at::IntArrayRef kernel,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_pair(kernel, op, "kernel_size", 1);
+  check_pair(stride, op, "stride", 1);
+  check_pair(padding, op, "padding", 0);
+  check_pair(dilation, op, "dilation", 1);
+  PoolGeom p;
+  p.H = H, p.W = W, p.OH = OH, p.OW = OW;
+  p.kh = kernel[0], p.kw = kernel[1], p.sh = stride[0], p.sw = stride[1];
+  p.ph = padding[0], p.pw = padding[1], p.dh = dilation[0], p.dw = dilation[1];
+  return p;
+}
+
+inline void check_out(const at::Tensor& out, const at::Tensor& like, const char* op, const char* name,
+                      at::IntArrayRef shape) {
+  TORCH_CHECK(out.device() == like.device(), op, ": ", name, " is on ", out.device(), " but input is on ",
+              like.device());
+  TORCH_CHECK(out.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", out.sizes());
+}
+
+}  // namespace cnnfast

@@ -1,0 +1,118 @@
+"""The C++/CUDA extension itself: its ops pass opcheck, backward repeats bit for bit, offsets past
+2**31 elements work on the CPU, and ptxas reports no register spills for the CUDA kernels."""
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, rand
+
+import cnnfast.functional as cf
+
+ext = pytest.importorskip("cnnfast._extension", reason="cnnfast._C is not built")
+BACKEND = "cuda" if DEVICE == "cuda" else "cpu"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _op_samples():
+    ops = torch.ops.cnnfast
+    x, w, b = rand(2, 3, 7, 6), rand(4, 3, 3, 3), rand(4)
+    conv = ([1, 1], [1, 1], [1, 1], 1)
+    yield ops.conv2d_fwd_kernel, (x, w, b, *conv, torch.empty(2, 4, 7, 6, device=DEVICE))
+    yield ops.conv2d_fwd_kernel, (x, w, None, [2, 1], [0, 1], [1, 2], 1, torch.empty(2, 4, 3, 4, device=DEVICE))
+    g = rand(2, 4, 7, 6)
+    yield ops.conv2d_input_grad_kernel, (g, w, *conv, torch.empty(2, 3, 7, 6, device=DEVICE))
+    yield ops.conv2d_weight_grad_kernel, (x, g, *conv, torch.empty(4, 3, 3, 3, device=DEVICE))
+    yield ops.conv2d_bias_grad_kernel, (g, torch.empty(4, device=DEVICE))
+    pool = ([2, 2], [2, 2], [0, 0], [1, 1])
+    idx = torch.empty(2, 3, 3, 3, dtype=torch.int64, device=DEVICE)
+    yield ops.max_pool2d_fwd_kernel, (x, *pool, torch.empty(2, 3, 3, 3, device=DEVICE), idx)
+    ops.max_pool2d_fwd_kernel(x, *pool, torch.empty(2, 3, 3, 3, device=DEVICE), idx)
+    yield ops.max_pool2d_bwd_kernel, (rand(2, 3, 3, 3), idx, *pool, torch.empty(2, 3, 7, 6, device=DEVICE))
+    pos = torch.empty(2, 4, 3, 3, dtype=torch.int8, device=DEVICE)
+    yield ops.conv_relu_maxpool2d_fwd_kernel, (x, w, b, *conv, [7, 6], *pool, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
+    ops.conv_relu_maxpool2d_fwd_kernel(x, w, b, *conv, [7, 6], *pool, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
+    yield ops.conv_relu_maxpool2d_unpool_kernel, (rand(2, 4, 3, 3), pos, *pool, torch.empty(2, 4, 7, 6, device=DEVICE))
+
+
+def test_extension_ops_pass_opcheck():
+    for op, args in _op_samples():
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_repeats_bit_for_bit(dtype):
+    x = rand(16, 6, 15, 15, dtype=dtype, requires_grad=True)
+    w = rand(16, 6, 3, 3, dtype=dtype, requires_grad=True)
+    b = rand(16, dtype=dtype, requires_grad=True)
+    g = None
+    results = []
+    for _ in range(2):
+        out = cf.conv_relu_maxpool2d(x, w, b, padding=1, backend=BACKEND)
+        g = torch.randn_like(out, generator=torch.Generator(device=out.device).manual_seed(0)) if g is None else g
+        fused = torch.autograd.grad(out, (x, w, b), g)
+        y = cf.conv2d(x, w, b, stride=2, padding=1, backend=BACKEND)
+        plain = torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
+        results.append([t.clone() for t in (*fused, *plain)])
+    for first, second in zip(*results):
+        assert torch.equal(first.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                           second.view(torch.int16 if dtype != torch.float32 else torch.int32))
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the large-offset case runs on the CPU")
+def test_offsets_past_int32_on_cpu():
+    """A small view whose elements lie past 2**31 in its storage: an int32 offset would wrap. The
+    storage is reserved but never touched except at the viewed elements."""
+    big = 2**31 + 2**28
+    try:
+        base = torch.empty(big, dtype=torch.float32)
+    except RuntimeError:
+        pytest.skip("cannot reserve 9 GiB of address space")
+    # (N, C, H, W) with strides putting image 1 at 1.5 * 2**30 and the last rows past 2**31.
+    x = base.as_strided((2, 3, 9, 10), (3 * 2**29, 2**28 + 64, 2**24 + 32, 1), 2**20)
+    assert x.storage_offset() + sum((s - 1) * st for s, st in zip(x.shape, x.stride())) >= 2**31
+    x.copy_(torch.randn(2, 3, 9, 10))
+    dense = x.contiguous()
+    w, b = torch.randn(4, 3, 3, 3), torch.randn(4)
+    torch.testing.assert_close(cf.conv2d(x, w, b, padding=1, backend="cpu"), F.conv2d(dense, w, b, padding=1))
+    torch.testing.assert_close(cf.conv_relu_maxpool2d(x, w, b, backend="cpu"),
+                               F.max_pool2d(F.relu(F.conv2d(dense, w, b)), 2))
+    out, idx = cf.max_pool2d(x, 3, 2, return_indices=True, backend="cpu")
+    ref, ref_idx = F.max_pool2d(dense, 3, 2, return_indices=True)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    xg = x.detach().requires_grad_()
+    (gw,) = torch.autograd.grad(cf.conv2d(xg, w.requires_grad_(), padding=1, backend="cpu").sum(), (w,))
+    w64 = w.detach().double().requires_grad_()
+    (ref_gw,) = torch.autograd.grad(F.conv2d(dense.double(), w64, padding=1).sum(), (w64,))
+    torch.testing.assert_close(gw.double(), ref_gw, atol=1e-4, rtol=1e-4)
+
+
+def _nvcc():
+    home = os.environ.get("CUDA_HOME")
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    return nvcc if nvcc and os.path.exists(nvcc) else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+@pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.parametrize("source", sorted(f for f in os.listdir(os.path.join(REPO, "csrc", "cuda")) if f.endswith(".cu")))
+def test_cuda_kernels_do_not_spill(source, arch, tmp_path):
+    """Compile one CUDA source as setup.py does, read ptxas's report: every kernel, 0 spill bytes."""
+    from torch.utils.cpp_extension import include_paths
+    includes = [f"-I{p}" for p in include_paths("cuda")]
+    includes += [f"-I{os.path.join(REPO, 'csrc')}", f"-I{sysconfig.get_paths()['include']}"]
+    cmd = [_nvcc(), "-std=c++20" if torch.__version__ >= "2.10" else "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-DCNNFAST_WITH_CUDA",
+           *includes, "-c", os.path.join(REPO, "csrc", "cuda", source), "-o", str(tmp_path / "k.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    kernels = re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", res.stderr)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
+    assert kernels and len(spills) >= len(kernels), res.stderr[-3000:]
+    bad = [(k, s) for k, s in zip(kernels, spills) if s != ("0", "0")]
+    assert not bad, f"kernels that spill on sm_{arch}: {bad}"
