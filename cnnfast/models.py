@@ -5,7 +5,7 @@ from torch import nn
 from . import functional as F
 from .nn import Conv2d
 
-__all__ = ["Net", "TorchNet"]
+__all__ = ["Net", "TorchNet", "NetBN"]
 
 
 class Net(nn.Module):
@@ -50,4 +50,30 @@ class TorchNet(nn.Module):
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class NetBN(nn.Module):
+    """``Net`` with BatchNorm after each convolution and Dropout before ``fc2`` and ``fc3``, on stock
+    layers (``cnnfast.convert`` puts it onto cnnfast's; in eval mode each conv block then folds and
+    fuses into one ``ConvReLUMaxPool2d``)."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 16, 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(16 * 6 * 6, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.pool(torch.relu(self.bn2(self.conv2(x))))
+        x = torch.flatten(x, 1)
+        x = self.dropout(torch.relu(self.fc1(x)))
+        x = self.dropout(torch.relu(self.fc2(x)))
         return self.fc3(x)
