@@ -1,0 +1,122 @@
+"""Runs cases: for each, every provider side by side, each checked against the float64 reference
+before it is timed, then timed, then its memory figures taken."""
+import time
+
+import torch
+
+import cnnfast
+
+from . import memory, models, ops, roofline, timing
+from .suites import MODEL_OPS
+from .workload import COMPILE, EAGER, Unavailable
+
+# Relative error (‖out − ref‖ / ‖ref‖ against float64, per output) allowed before a provider is timed;
+# also at least twice stock eager's own error on the same case, whichever is larger. Whole models
+# (many layers deep) get MODEL_SLACK times the table.
+TOLERANCE = {"float32": 1e-4, "tf32": 1e-2, "bfloat16": 4e-2, "float16": 1e-2}
+MODEL_SLACK = 4
+
+INTERPRETER_NOTE = ("The Triton backend runs on CPU tensors only under the Triton interpreter, a correctness "
+                    "tool that is never timed; on CPU it is left out.")
+
+
+def providers(device: torch.device, wanted=None):
+    """Stock eager, torch.compile and every cnnfast backend available on ``device`` (the interpreted
+    Triton backend excepted), filtered to ``wanted`` when given."""
+    names = [EAGER, COMPILE] + [f"cnnfast:{b}" for b in cnnfast.backends.available(device)
+                                if not (device.type == "cpu" and b == "triton")]
+    return [n for n in names if wanted is None or n in wanted]
+
+
+def rel_err(out, ref) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    if out.shape != ref.shape:
+        return float("inf")
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def _measure(workload, provider, device, settings, eager_err):
+    case = workload.case
+    try:
+        run = workload.make(provider)
+    except Unavailable as e:
+        return {"skipped": str(e)}
+    start = time.perf_counter()
+    outs = run(workload.sets[0], check=True)
+    timing.synchronize(device)
+    record = {"first_call_s": time.perf_counter() - start}
+    record["rel_err"] = max(rel_err(o, r) for o, r in zip(outs, workload.reference))
+    ceiling = TOLERANCE[case.dtype] * (MODEL_SLACK if case.op in MODEL_OPS else 1)
+    record["tolerance"] = max(ceiling, 2 * (eager_err or 0.0))
+    if not record["rel_err"] <= record["tolerance"]:   # NaN fails too
+        record["error"] = f"check failed: relative error {record['rel_err']:.3g} > {record['tolerance']:.3g}"
+        return record
+    del outs
+    record["ms"] = timing.median_ms(timing.rotating(run, workload.sets), device,
+                                    warmup_ms=settings["warmup_ms"], rep_ms=settings["rep_ms"])
+    record.update(roofline.figures(workload.flops, workload.nbytes, record["ms"], case.dtype,
+                                   settings["ceilings"], workload.compute_bound))
+    once = lambda: run(workload.sets[0])  # noqa: E731
+    if case.direction == "fwd+bwd":
+        record["saved_bytes"] = memory.saved_for_backward(once, getattr(run, "params", ()))
+    record["peak_bytes"] = memory.peak_bytes(once, device)
+    return record
+
+
+def run_case(case, device, provider_names, settings):
+    """One case's record: its identity, FLOPs and bytes, and per provider the check and figures."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    record = {"id": case.id, "label": case.shape_label, "suite": case.suite, "name": case.name, "op": case.op,
+              "batch": case.batch, "chw": case.chw, "dtype": case.dtype, "layout": case.layout,
+              "direction": case.direction, "providers": {}}
+    with roofline.precision(case.dtype):
+        try:
+            build = models.build if case.op in MODEL_OPS else ops.build
+            workload = build(case, device, settings["compile_mode"])
+        except Exception as e:  # a case that cannot even be set up (out of memory, say) is reported, not fatal
+            record["error"] = f"{type(e).__name__}: {e}"
+            return record
+        record.update(flops=workload.flops, bytes=workload.nbytes, input_sets=len(workload.sets))
+        eager_err = None
+        for provider in provider_names:
+            try:
+                result = _measure(workload, provider, device, settings, eager_err)
+            except Exception as e:
+                result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            if provider == EAGER and "ms" in result:
+                eager_err = result["rel_err"]
+            record["providers"][provider] = result
+        del workload
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return record
+
+
+def run_all(cases, device, provider_names, settings, deadline=None, log=print):
+    """Every case in order until ``deadline`` (time.monotonic()) or an interrupt; returns (records, ids not run)."""
+    records, not_run, stop = [], [], False
+    for i, case in enumerate(cases):
+        if stop or (deadline is not None and time.monotonic() > deadline):
+            not_run.append(case.id)
+            continue
+        start = time.perf_counter()
+        try:
+            record = run_case(case, device, provider_names, settings)
+        except KeyboardInterrupt:   # SIGINT (an outer time limit, say): keep what was measured, write it out
+            log(f"interrupted: {case.id} and the cases after it are not run")
+            stop = True
+            not_run.append(case.id)
+            continue
+        records.append(record)
+        cells = [f"{p} {_cell(r)}" for p, r in record["providers"].items()] or [record.get("error", "")]
+        log(f"[{i + 1}/{len(cases)}] {case.id}  " + " | ".join(cells) + f"  ({time.perf_counter() - start:.1f} s)")
+    return records, not_run
+
+
+def _cell(result):
+    if "ms" in result:
+        return f"{result['ms']:.4g} ms"
+    return "skipped" if "skipped" in result else "ERROR"

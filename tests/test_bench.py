@@ -1,0 +1,58 @@
+"""The benchmark harness (not the speed of anything): a tiny run writes its JSON, Markdown and plots, and
+no provider is timed before its output has passed the check against the float64 reference."""
+import json
+
+import pytest
+import torch
+
+from cnnfast.bench import cli, ops, runner, suites
+from cnnfast.bench.workload import EAGER
+
+# Four cases (the Net blocks' max_pool2d, forward and forward+backward, batch 1), without torch.compile,
+# whose first compilation alone takes longer than this test may.
+ARGS = ["--device", "cpu", "--suite", "net", "--op", "max_pool2d", "--batch", "1", "--dtype", "float32",
+        "--layout", "nchw", "--providers", "eager,cnnfast:torch", "--warmup", "1", "--rep", "5"]
+
+
+def test_bench_writes_json_markdown_and_plots_of_checked_timings(tmp_path, capsys):
+    assert cli.main(ARGS + ["--out", str(tmp_path), "--tag", "t"]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert {"device", "date", "torch", "commit"} <= set(data["environment"])
+    assert data["ceilings"]["bandwidth_GBs"] > 0 and data["ceilings"]["tflops"]["float32"] > 0
+    assert [r["direction"] for r in data["cases"]] == ["fwd", "fwd", "fwd+bwd", "fwd+bwd"]
+    for record in data["cases"]:
+        assert record["flops"] > 0 and record["bytes"] > 0
+        assert set(record["providers"]) == {"eager", "cnnfast:torch"}
+        for result in record["providers"].values():
+            assert result["rel_err"] <= result["tolerance"] and result["ms"] > 0
+    assert data["cases"][-1]["providers"]["eager"]["saved_bytes"] > 0
+    assert "net" in data["geomean"]
+    assert "## net" in (tmp_path / "t.md").read_text()
+    for name in ("t-speedup.png", "t-roofline.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert "== net" in capsys.readouterr().out
+
+
+def test_a_provider_that_fails_the_check_is_reported_and_not_timed(monkeypatch):
+    wrong = lambda case, backend: lambda x: torch.nn.functional.max_pool2d(x, 2) * 1.01  # noqa: E731
+    monkeypatch.setattr(ops, "_cnnfast_op", wrong)
+    case = suites.cases(suites=("net",), dtypes=("float32",), layouts=("nchw",), directions=("fwd",),
+                        ops=("max_pool2d",), batches=(1,))[0]
+    settings = {"warmup_ms": 1, "rep_ms": 5, "compile_mode": None,
+                "ceilings": {"bandwidth_GBs": 1.0, "tflops": {"float32": 1.0}}}
+    record = runner.run_case(case, torch.device("cpu"), [EAGER, "cnnfast:torch"], settings)
+    assert "ms" in record["providers"][EAGER]
+    bad = record["providers"]["cnnfast:torch"]
+    assert "check failed" in bad["error"] and "ms" not in bad
+
+
+def test_every_suite_has_cases_and_the_interpreted_triton_backend_is_never_timed():
+    assert {c.suite for c in suites.cases()} == set(suites.SUITES)
+    assert not any(p.endswith("triton") for p in runner.providers(torch.device("cpu")))
+
+
+@pytest.mark.parametrize("case", suites.quick_cases()[:3], ids=lambda c: c.id)
+def test_roofline_counts_are_positive(case):
+    from cnnfast.bench import roofline
+    flops, nbytes = roofline.counts(case)
+    assert flops > 0 and nbytes > 0
