@@ -106,7 +106,8 @@ def test_cuda_kernels_do_not_spill(source, arch, tmp_path):
     from torch.utils.cpp_extension import include_paths
     includes = [f"-I{p}" for p in include_paths("cuda")]
     includes += [f"-I{os.path.join(REPO, 'csrc')}", f"-I{sysconfig.get_paths()['include']}"]
-    cmd = [_nvcc(), "-std=c++20" if torch.__version__ >= "2.10" else "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+    std = "-std=c++20" if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 10) else "-std=c++17"
+    cmd = [_nvcc(), std, "-O3", "--expt-relaxed-constexpr",
            f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-DCNNFAST_WITH_CUDA",
            *includes, "-c", os.path.join(REPO, "csrc", "cuda", source), "-o", str(tmp_path / "k.o")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
