@@ -11,18 +11,13 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from ._outputs import pos_dtype
 from .backends import kernels
 
 
 def _empty(x: Tensor, shape, channels_last: bool, dtype=None) -> Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
-
-
-def _pos_dtype(pool_kernel) -> torch.dtype:
-    """The narrowest integer type that holds a window position (or -1) for the fused op's backward."""
-    window = pool_kernel[0] * pool_kernel[1]
-    return torch.int8 if window <= 127 else torch.int16 if window <= 32767 else torch.int32
 
 
 # --- conv2d ------------------------------------------------------------------------------------
@@ -209,7 +204,7 @@ def conv_relu_maxpool2d_with_pos(x: Tensor, weight: Tensor, bias: Optional[Tenso
 def _(x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
       pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend):
     shape = (x.shape[0], weight.shape[0], *out_size)
-    return _empty(x, shape, channels_last), _empty(x, shape, channels_last, _pos_dtype(pool_kernel))
+    return _empty(x, shape, channels_last), _empty(x, shape, channels_last, pos_dtype(pool_kernel))
 
 
 # One backward op per gradient, so autograd computes only those it needs. `which` is 0 for the

@@ -2,7 +2,6 @@
 plus a keyword ``backend=None`` (None follows ``cnnfast.backends.use``)."""
 import math
 
-import torch
 from torch import nn
 
 from . import functional as F

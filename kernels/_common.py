@@ -7,34 +7,12 @@ import os
 
 import torch
 
-# Debug aid used by the test suite: when on, every kernel output starts as NaN (or -1 for integer
-# outputs) so that an element the kernel forgets to write can never look correct.
-_POISON = os.environ.get("CNNFAST_POISON", "") == "1"
-
-
-def set_poison(enabled: bool) -> None:
-    """Fill every new kernel output with NaN / -1 before the kernel writes it (tests use this)."""
-    global _POISON
-    _POISON = bool(enabled)
+from .._outputs import new_empty, pos_dtype  # noqa: F401  (re-exported for the launchers)
 
 
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter."""
     return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
-def new_empty(shape, *, dtype, device, channels_last: bool = False) -> torch.Tensor:
-    """Allocate a kernel output (poisoned when ``set_poison(True)``)."""
-    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
-    out = torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
-    if _POISON:
-        out.fill_(float("nan") if out.is_floating_point() else -1)
-    return out
-
-
-def is_channels_last(t: torch.Tensor) -> bool:
-    """Whether a 4-D tensor is laid out NHWC (and not also plainly contiguous)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def needs_int64(*tensors: torch.Tensor) -> bool:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, needs_int64, new_empty
+from ._common import interpreting, needs_int64, new_empty, pos_dtype
 from .conv2d import conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
 
 # Two forward kernels share this file's epilogue:
@@ -222,12 +222,6 @@ def _conv_relu_maxpool2d_dot_kernel(
         best_q = tl.where(take, q, best_q)
     _store_pooled(out_ptr, pos_ptr, best, best_q, n, ph, pw, mask_p, k, mask_k,
                   stride_on, stride_oc, stride_oh, stride_ow, WITH_POS)
-
-
-def pos_dtype(pool_kernel):
-    """Smallest integer dtype holding every window offset of a pool_kernel window, and -1."""
-    count = pool_kernel[0] * pool_kernel[1]
-    return torch.int8 if count <= 127 else torch.int16 if count <= 32767 else torch.int32
 
 
 def _pick(config, kind_fma, p_total, kg, dtype, allow_tf32):
