@@ -9,12 +9,10 @@ registered here, so ``torch.library.opcheck`` and ``torch.compile`` can trace th
 ``config=`` is accepted and ignored (the C++ kernels choose their tiling themselves); ``allow_tf32``
 is accepted and ignored too: these kernels compute float32 exactly.
 """
-import os
-import sys
-
 import torch
 
 from . import _C  # noqa: F401  (loads the library that defines torch.ops.cnnfast.*_kernel)
+from ._outputs import new_empty, pos_dtype
 
 __all__ = [
     "conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
@@ -27,31 +25,9 @@ _ops = torch.ops.cnnfast
 # The C++ ops write their (mutable) outputs and return nothing: the fake kernels have nothing to do.
 for _name in ("conv2d_fwd_kernel", "conv2d_input_grad_kernel", "conv2d_weight_grad_kernel",
               "conv2d_bias_grad_kernel", "max_pool2d_fwd_kernel", "max_pool2d_bwd_kernel",
-              "conv_relu_maxpool2d_fwd_kernel", "conv_relu_maxpool2d_unpool_kernel"):
+              "conv_relu_maxpool2d_fwd_kernel", "conv_relu_maxpool2d_unpool_kernel",
+              "conv_relu_maxpool2d_bias_grad_kernel"):
     torch.library.register_fake(f"cnnfast::{_name}")(lambda *args, **kwargs: None)
-
-
-def _poison() -> bool:
-    """Whether outputs start poisoned: kernels._common.set_poison() when that module is loaded (without
-    importing triton for it), else $CNNFAST_POISON."""
-    common = sys.modules.get("cnnfast.kernels._common")
-    if common is not None:
-        return common._POISON
-    return os.environ.get("CNNFAST_POISON", "") == "1"
-
-
-def _new(shape, dtype, device, channels_last=False):
-    """``kernels._common.new_empty``: an output, NaN / -1 filled when poisoning is on."""
-    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
-    out = torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
-    if _poison():
-        out.fill_(float("nan") if out.is_floating_point() else -1)
-    return out
-
-
-def _pos_dtype(pool_kernel):
-    count = pool_kernel[0] * pool_kernel[1]
-    return torch.int8 if count <= 127 else torch.int16 if count <= 32767 else torch.int32
 
 
 def _l(v):
@@ -63,7 +39,7 @@ def _l(v):
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size, *,
                    channels_last=False, allow_tf32=False, config=None):
     """conv2d forward: see ``cnnfast.kernels.conv2d.conv2d_forward`` (exact float32 here)."""
-    y = _new((x.shape[0], weight.shape[0], *out_size), x.dtype, x.device, channels_last)
+    y = new_empty((x.shape[0], weight.shape[0], *out_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
     if y.numel():
         _ops.conv2d_fwd_kernel(x, weight, bias, _l(stride), _l(padding), _l(dilation), groups, y)
     return y
@@ -85,7 +61,8 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
     dtype = grad_out.dtype if pool is None else weight.dtype
     if pool is not None:
         grad_out = _unpool(pool)
-    gi = _new((grad_out.shape[0], groups * weight.shape[1], *input_size), dtype, weight.device, channels_last)
+    gi = new_empty((grad_out.shape[0], groups * weight.shape[1], *input_size), dtype=dtype, device=weight.device,
+                   channels_last=channels_last)
     if gi.numel():
         _ops.conv2d_input_grad_kernel(grad_out, weight, _l(stride), _l(padding), _l(dilation), groups, gi)
     return gi
@@ -97,7 +74,7 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
     Split over fixed batch chunks and reduced in order: bit-for-bit repeatable."""
     if pool is not None:
         grad_out = _unpool(pool)
-    gw = _new(tuple(weight_size), x.dtype, x.device, channels_last)
+    gw = new_empty(tuple(weight_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
     if gw.numel():
         _ops.conv2d_weight_grad_kernel(x, grad_out, _l(stride), _l(padding), _l(dilation), groups, gw)
     return gw
@@ -108,11 +85,14 @@ def conv2d_bias_grad(grad_out, *, pool=None, config=None):
     if pool is not None:
         grad_pooled, pos = pool[0], pool[1]
         # Every kept pooled cell passes its gradient to exactly one conv output: sum those directly.
-        gb = _new((grad_pooled.shape[1],), grad_pooled.dtype, grad_pooled.device)
+        gb = new_empty((grad_pooled.shape[1],), dtype=grad_pooled.dtype, device=grad_pooled.device)
         if gb.numel():
-            _ops.conv2d_bias_grad_kernel(grad_pooled.masked_fill(pos < 0, 0), gb)
+            if grad_pooled.device.type == "cpu":  # the same sums, without the masked copy
+                _ops.conv_relu_maxpool2d_bias_grad_kernel(grad_pooled, pos, gb)
+            else:
+                _ops.conv2d_bias_grad_kernel(grad_pooled.masked_fill(pos < 0, 0), gb)
         return gb
-    gb = _new((grad_out.shape[1],), grad_out.dtype, grad_out.device)
+    gb = new_empty((grad_out.shape[1],), dtype=grad_out.dtype, device=grad_out.device)
     if gb.numel():
         _ops.conv2d_bias_grad_kernel(grad_out, gb)
     return gb
@@ -124,8 +104,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_size, *, w
                        channels_last=False, config=None):
     """Max-pool a 4-D tensor; returns ``(out, indices)``: see ``cnnfast.kernels.max_pool2d``."""
     shape = (x.shape[0], x.shape[1], *out_size)
-    out = _new(shape, x.dtype, x.device, channels_last)
-    idx = _new(shape, torch.int64, x.device, channels_last) if with_indices else None
+    out = new_empty(shape, dtype=x.dtype, device=x.device, channels_last=channels_last)
+    idx = new_empty(shape, dtype=torch.int64, device=x.device, channels_last=channels_last) if with_indices else None
     if out.numel():
         _ops.max_pool2d_fwd_kernel(x, _l(kernel_size), _l(stride), _l(padding), _l(dilation), out, idx)
     return out, idx
@@ -137,7 +117,7 @@ def max_pool2d_backward(grad_out, indices, input_size, kernel_size, stride, padd
     is (N, C, H, W) or (H, W) (N and C then those of ``grad_out``)."""
     if len(input_size) == 2:
         input_size = (*grad_out.shape[:2], *input_size)
-    gx = _new(tuple(input_size), grad_out.dtype, grad_out.device, channels_last)
+    gx = new_empty(tuple(input_size), dtype=grad_out.dtype, device=grad_out.device, channels_last=channels_last)
     if gx.numel():
         _ops.max_pool2d_bwd_kernel(grad_out, indices, _l(kernel_size), _l(stride), _l(padding), _l(dilation), gx)
     return gx
@@ -150,8 +130,9 @@ def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, grou
                                 with_pos, channels_last=False, allow_tf32=False, config=None):
     """The fused forward; returns ``(out, pos)``: see ``cnnfast.kernels.conv_relu_maxpool2d``."""
     shape = (x.shape[0], weight.shape[0], *out_size)
-    out = _new(shape, x.dtype, x.device, channels_last)
-    pos = _new(shape, _pos_dtype(pool_kernel), x.device, channels_last) if with_pos else None
+    out = new_empty(shape, dtype=x.dtype, device=x.device, channels_last=channels_last)
+    pos = (new_empty(shape, dtype=pos_dtype(pool_kernel), device=x.device, channels_last=channels_last)
+           if with_pos else None)
     if out.numel():
         _ops.conv_relu_maxpool2d_fwd_kernel(
             x, weight, bias, _l(stride), _l(padding), _l(dilation), groups, _l(conv_out_size), _l(pool_kernel),
@@ -169,11 +150,11 @@ def conv_relu_maxpool2d_backward(grad_out, x, weight, pos, stride, padding, dila
     grad_x = grad_w = grad_b = None
     dy = _unpool(pool) if needs[0] or needs[1] else None
     if needs[0]:
-        grad_x = _new(tuple(x.shape), grad_out.dtype, x.device, channels_last)
+        grad_x = new_empty(tuple(x.shape), dtype=grad_out.dtype, device=x.device, channels_last=channels_last)
         if grad_x.numel():
             _ops.conv2d_input_grad_kernel(dy, weight, _l(stride), _l(padding), _l(dilation), groups, grad_x)
     if needs[1]:
-        grad_w = _new(tuple(weight.shape), grad_out.dtype, x.device, channels_last)
+        grad_w = new_empty(tuple(weight.shape), dtype=grad_out.dtype, device=x.device, channels_last=channels_last)
         if grad_w.numel():
             _ops.conv2d_weight_grad_kernel(x, dy, _l(stride), _l(padding), _l(dilation), groups, grad_w)
     if needs[2]:

@@ -29,6 +29,8 @@ TORCH_LIBRARY_FRAGMENT(cnnfast, m) {
         "int[] pool_padding, int[] pool_dilation, Tensor(a!) out, Tensor(b!)? pos) -> ()");
   m.def("conv_relu_maxpool2d_unpool_kernel(Tensor grad, Tensor pos, int[] pool_kernel, int[] pool_stride, "
         "int[] pool_padding, int[] pool_dilation, Tensor(a!) out) -> ()");
+  // CPU only (the CUDA backend masks the pooled grad and runs conv2d_bias_grad_kernel).
+  m.def("conv_relu_maxpool2d_bias_grad_kernel(Tensor grad, Tensor pos, Tensor(a!) out) -> ()");
 }
 
 namespace {

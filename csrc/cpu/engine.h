@@ -426,7 +426,180 @@ static void fused_body(void* vctx, int64_t begin, int64_t end) {
   }
 }
 
+// ---- fused forward, vectorised over output channels ------------------------------------------------
+// For Kg a multiple of V (the Net's second block: 6 -> 16 channels on 15x15, whose 13-wide conv rows
+// would fill 16-lane row blocks poorly), with pool windows inside the conv output. GEMM view per image:
+// M = pooled pixels x window taps, N = Kg, K = Cg*R*S. A work item (n, g, a chunk of pooled rows) packs
+// its input rows once (pack()); then, per pooled pixel, TB window taps x KV channel vectors are held
+// in registers: per (c, r, s), KV weight vectors (weights packed as [g][c][r][s][Kg]) and TB input
+// broadcasts feed KV * TB FMAs. Bias, rounding, ReLU and the max-pool rule run on the vectors (taps in
+// window order, so ties and NaN go as in pool_tap); only the pooled output and pos are written.
+
+struct CvecCtx {
+  const FusedFwdArgs* f;
+  const float* w;  // [g][crs][Kg]
+  int64_t Cg, Kg, G, WP, chunks, rows_per_chunk;
+  int KV, TB;
+};
+
+// acc[t][v] = sum over i < crs of w[i * Kg + v * V + lane] * P[pix[t] + toff[i]], t < TB, v < KV.
+template <int KV, int TB>
+static void cvec_taps(const float* P, const int64_t* pix, const int64_t* toff, int64_t crs, const float* w,
+                      int64_t Kg, vf* out) {
+  vf acc[TB][KV];
+#pragma GCC unroll 4
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) acc[t][v] = vsplat(0.f);
+  const float* pt[TB];
+#pragma GCC unroll 4
+  for (int t = 0; t < TB; ++t) pt[t] = P + pix[t];
+  for (int64_t i = 0; i < crs; ++i) {
+    const int64_t o = toff[i];
+    vf wv[KV];
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) wv[v] = vload(w + i * Kg + v * V);
+#pragma GCC unroll 4
+    for (int t = 0; t < TB; ++t) {
+      const vf xb = vsplat(pt[t][o]);
+#pragma GCC unroll 4
+      for (int v = 0; v < KV; ++v) acc[t][v] += wv[v] * xb;
+    }
+  }
+#pragma GCC unroll 4
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) out[t * KV + v] = acc[t][v];
+}
+
+using CvecFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, const float*, int64_t, vf*);
+
+template <int KV>
+static CvecFn cvec_fn_tb(int tb) {
+  return tb >= 4 ? cvec_taps<KV, 4> : tb == 3 ? cvec_taps<KV, 3> : tb == 2 ? cvec_taps<KV, 2> : cvec_taps<KV, 1>;
+}
+
+static CvecFn cvec_fn(int kv, int tb) {
+  return kv >= 4 ? cvec_fn_tb<4>(tb) : kv == 3 ? cvec_fn_tb<3>(tb) : kv == 2 ? cvec_fn_tb<2>(tb) : cvec_fn_tb<1>(tb);
+}
+
+template <class PosT>
+static void cvec_store(const FusedFwdArgs& f, int64_t n, int64_t k0, int64_t ph, int64_t pw, vf best, vi q) {
+  const View4& o = f.conv.y;
+  float* dst = o.p + n * o.s0 + k0 * o.s1 + ph * o.s2 + pw * o.s3;
+  for (int l = 0; l < V; ++l) dst[l * o.s1] = best[l];
+  if (f.pos) {
+    PosT* pd = static_cast<PosT*>(f.pos) + n * f.ps0 + k0 * f.ps1 + ph * f.ps2 + pw * f.ps3;
+    for (int l = 0; l < V; ++l) pd[l * f.ps1] = (PosT)(best[l] <= 0.f ? -1 : q[l]);
+  }
+}
+
+static void cvec_body(void* vctx, int64_t begin, int64_t end) {
+  const CvecCtx& cx = *static_cast<CvecCtx*>(vctx);
+  const FusedFwdArgs& f = *cx.f;
+  const ConvFwdArgs& a = f.conv;
+  const ConvGeom& g = a.g;
+  const PoolGeom& p = f.pool;
+  const int64_t crs = cx.Cg * g.R * g.S, NT = p.kh * p.kw, nkv = cx.Kg / V;
+  const int64_t conv_rows_max = (cx.rows_per_chunk - 1) * p.sh + (p.kh - 1) * p.dh + 1;
+  const int64_t HPmax = (conv_rows_max - 1) * g.sh + (g.R - 1) * g.dh + 1;
+  Scratch P(cx.Cg * HPmax * cx.WP * 4), toff(crs * 8), pix(NT * 8), acc(4 * 4 * V * 4);
+  int64_t* to = static_cast<int64_t*>(toff.p);
+  int64_t* px = static_cast<int64_t*>(pix.p);
+  vf* ac = static_cast<vf*>(acc.p);
+  const CvecFn fn_full = cvec_fn(cx.KV, cx.TB), fn_rem = cvec_fn(cx.KV, (int)(NT % cx.TB));
+  const vf ninf = vsplat(-__builtin_huge_valf()), zero = vsplat(0.f);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t ch = item % cx.chunks, g_ = (item / cx.chunks) % cx.G, n = item / (cx.chunks * cx.G);
+    const int64_t ph_lo = ch * cx.rows_per_chunk, ph_hi = imin(p.OH, ph_lo + cx.rows_per_chunk);
+    const int64_t oh_lo = ph_lo * p.sh, oh_hi = (ph_hi - 1) * p.sh + (p.kh - 1) * p.dh;
+    const int64_t HP = (oh_hi - oh_lo) * g.sh + (g.R - 1) * g.dh + 1;
+    pack(a.x, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP, P.f());
+    for (int64_t c = 0; c < cx.Cg; ++c)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) to[(c * g.R + r) * g.S + s] = (c * HP + r * g.dh) * cx.WP + s * g.dw;
+    for (int64_t ph = ph_lo; ph < ph_hi; ++ph)
+      for (int64_t pw = 0; pw < p.OW; ++pw) {
+        for (int64_t i = 0; i < p.kh; ++i)
+          for (int64_t j = 0; j < p.kw; ++j) {
+            const int64_t oh = ph * p.sh + i * p.dh, ow = pw * p.sw + j * p.dw;
+            px[i * p.kw + j] = (oh - oh_lo) * g.sh * cx.WP + ow * g.sw;
+          }
+        for (int64_t kv0 = 0; kv0 < nkv; kv0 += cx.KV) {
+          const int64_t k0 = g_ * cx.Kg + kv0 * V;
+          const float* wk = cx.w + g_ * crs * cx.Kg + kv0 * V;
+          vf best[4], bias[4];
+          vi q[4];
+          for (int v = 0; v < cx.KV; ++v) {
+            best[v] = ninf;
+            q[v] = (vi){} + 0;
+            if (a.bias) {
+              bias[v] = vload(a.bias + k0 + v * V);
+            } else {
+              bias[v] = zero;
+            }
+          }
+          for (int64_t t0 = 0; t0 < NT; t0 += cx.TB) {
+            const int tb = (int)imin(cx.TB, NT - t0);
+            (tb == cx.TB ? fn_full : fn_rem)(P.f(), px + t0, to, crs, wk, cx.Kg, ac);
+            for (int t = 0; t < tb; ++t)
+              for (int v = 0; v < cx.KV; ++v) {
+                vf y = ac[t * cx.KV + v] + bias[v];
+                if (f.round_mode != kRoundNone)
+                  for (int l = 0; l < V; ++l) y[l] = round_to(y[l], f.round_mode);
+                y = (vf)((vi)y & ~(vi)(y < zero));  // ReLU keeping NaN (NaN < 0 is false)
+                const vi take = (vi)(y > best[v]) | (vi)(y != y);
+                best[v] = (vf)(((vi)y & take) | ((vi)best[v] & ~take));
+                q[v] = (((vi){} + (int32_t)(t0 + t)) & take) | (q[v] & ~take);
+              }
+          }
+          for (int v = 0; v < cx.KV; ++v) {
+            switch (f.pos_bytes) {
+              case 1: cvec_store<int8_t>(f, n, k0 + v * V, ph, pw, best[v], q[v]); break;
+              case 2: cvec_store<int16_t>(f, n, k0 + v * V, ph, pw, best[v], q[v]); break;
+              default: cvec_store<int32_t>(f, n, k0 + v * V, ph, pw, best[v], q[v]); break;
+            }
+          }
+        }
+      }
+  }
+}
+
+// Whether the channel-vectorised path takes this call: Kg a multiple of V, no pool padding, every
+// pool window inside the conv output, and a register tile of at least 2 taps x the channel vectors.
+static bool cvec_fits(const FusedFwdArgs& f) {
+  const ConvGeom& g = f.conv.g;
+  const PoolGeom& p = f.pool;
+  const int64_t Kg = g.Kg();
+  if (Kg % V != 0 || p.ph != 0 || p.pw != 0 || p.OH <= 0 || p.OW <= 0) return false;
+  if ((p.OH - 1) * p.sh + (p.kh - 1) * p.dh >= p.H || (p.OW - 1) * p.sw + (p.kw - 1) * p.dw >= p.W) return false;
+  return 2 * imin(Kg / V, 4) <= CNNFAST_ACC && p.kh * p.kw >= 2;
+}
+
+static void cvec_forward(const FusedFwdArgs& f, ParallelFn parallel) {
+  const ConvGeom& g = f.conv.g;
+  const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S;
+  Scratch w(G * crs * Kg * 4);
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t i = 0; i < crs; ++i) w.f()[(gi * crs + i) * Kg + k] = f.conv.w[(gi * Kg + k) * crs + i];
+  CvecCtx cx;
+  cx.f = &f;
+  cx.w = w.f();
+  cx.Cg = Cg, cx.Kg = Kg, cx.G = G;
+  const int64_t nkv = Kg / V;
+  cx.KV = nkv % 4 == 0 ? 4 : nkv % 3 == 0 ? 3 : nkv % 2 == 0 ? 2 : 1;
+  while (2 * cx.KV > CNNFAST_ACC) cx.KV /= 2;  // (never for the AVX2 build)
+  cx.TB = (int)imin(imin(4, CNNFAST_ACC / cx.KV), f.pool.kh * f.pool.kw);
+  cx.WP = (f.pool.W - 1) * g.sw + (g.S - 1) * g.dw + 1;
+  const int64_t chunks = row_chunks(g.N * G, f.pool.OH);
+  cx.rows_per_chunk = cdiv(f.pool.OH, chunks);
+  cx.chunks = cdiv(f.pool.OH, cx.rows_per_chunk);
+  parallel(g.N * G * cx.chunks, &cx, cvec_body);
+}
+
 static void fused_forward_impl(const FusedFwdArgs& f, ParallelFn parallel) {
+  if (cvec_fits(f)) return cvec_forward(f, parallel);
   const ConvFwdArgs& a = f.conv;
   const ConvGeom& g = a.g;
   PackedWeights wp(a.w, g.groups, g.Kg(), g.Cg() * g.R * g.S);
@@ -441,8 +614,10 @@ static void fused_forward_impl(const FusedFwdArgs& f, ParallelFn parallel) {
 
 // ---- weight gradient -------------------------------------------------------------------------------
 
-// acc_out[k * crs + (c*R + r)*S + s] += sum over oh, ow of D[k][oh][ow] * P[c][oh*sh + r*dh][ow*sw + s*dw]
-template <int KB>
+// acc_out[k * crs + (c*R + r)*S + s] += sum over oh, ow of D[k][oh][ow] * P[c][oh*sh + r*dh][ow*sw + s*dw].
+// NS consecutive taps s share each load of D: KB * NS vector accumulators. Every weight element keeps
+// its own chain (lanes over ow, rows in order, then vsum), so the result does not depend on KB or NS.
+template <int KB, int NS>
 static void wgrad_block(const float* P, int64_t HP, int64_t WP, const float* D, int64_t OH, int64_t OWp,
                         int64_t OW, int64_t Cn, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t dh,
                         int64_t dw, float* acc_out, int64_t crs) {
@@ -452,38 +627,70 @@ static void wgrad_block(const float* P, int64_t HP, int64_t WP, const float* D, 
   const vi tail_mask = lane < (vi){} + (int32_t)(OW - ow_full);
   for (int64_t c = 0; c < Cn; ++c)
     for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s) {
-        vf acc[KB];
+      for (int64_t s0 = 0; s0 < S; s0 += NS) {
+        const int ns = (int)imin(NS, S - s0);  // taps past S: computed on s0, never stored
+        vf acc[NS][KB];
+#pragma GCC unroll 4
+        for (int t = 0; t < NS; ++t)
 #pragma GCC unroll 8
-        for (int k = 0; k < KB; ++k) acc[k] = vsplat(0.f);
+          for (int k = 0; k < KB; ++k) acc[t][k] = vsplat(0.f);
         for (int64_t oh = 0; oh < OH; ++oh) {
-          const float* px = P + (c * HP + oh * sh + r * dh) * WP + s * dw;
+          const float* prow = P + (c * HP + oh * sh + r * dh) * WP;
+          const float* px[NS];
+#pragma GCC unroll 4
+          for (int t = 0; t < NS; ++t) px[t] = prow + (t < ns ? s0 + t : s0) * dw;
           const float* d = D + oh * OWp;
           for (int64_t ow0 = 0; ow0 < OWp; ow0 += V) {
-            vf xv = sw == 1 ? vload(px + ow0) : vload_strided(px + ow0 * sw, sw);
-            if (ow0 >= ow_full) xv = (vf)((vi)xv & tail_mask);  // lanes past OW: exactly 0, even for inf
+            vf xv[NS];
+#pragma GCC unroll 4
+            for (int t = 0; t < NS; ++t) {
+              xv[t] = sw == 1 ? vload(px[t] + ow0) : vload_strided(px[t] + ow0 * sw, sw);
+              if (ow0 >= ow_full) xv[t] = (vf)((vi)xv[t] & tail_mask);  // lanes past OW: exactly 0, even for inf
+            }
 #pragma GCC unroll 8
-            for (int k = 0; k < KB; ++k) acc[k] += vload(d + k * OH * OWp + ow0) * xv;
+            for (int k = 0; k < KB; ++k) {
+              const vf dv = vload(d + k * OH * OWp + ow0);
+#pragma GCC unroll 4
+              for (int t = 0; t < NS; ++t) acc[t][k] += dv * xv[t];
+            }
           }
         }
+        for (int t = 0; t < ns; ++t)
 #pragma GCC unroll 8
-        for (int k = 0; k < KB; ++k) acc_out[k * crs + (c * R + r) * S + s] += vsum(acc[k]);
+          for (int k = 0; k < KB; ++k) acc_out[k * crs + (c * R + r) * S + s0 + t] += vsum(acc[t][k]);
       }
 }
 
 using WgradFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 
-static WgradFn wgrad_fn(int64_t kb) {
+// Channel block for the weight gradient: up to 8 channels, and at most 4 when that lets 3 taps share
+// the loads of dy (KB * NS accumulators within the register budget).
+static int64_t wgrad_kb(int64_t Kg) {
+  if (CNNFAST_ACC >= 12 && Kg % 4 == 0 && Kg % 6 != 0) return 4;
+  return imin(8, Kg);
+}
+
+static int wgrad_ns(int64_t kb, int64_t S) {
+  int ns = (int)imax(1, imin(3, CNNFAST_ACC / kb));
+  return (int)imin(ns, S);
+}
+
+template <int KB>
+static WgradFn wgrad_fn_ns(int ns) {
+  return ns >= 3 ? wgrad_block<KB, 3> : ns == 2 ? wgrad_block<KB, 2> : wgrad_block<KB, 1>;
+}
+
+static WgradFn wgrad_fn(int64_t kb, int ns) {
   switch (kb) {
-    case 1: return wgrad_block<1>;
-    case 2: return wgrad_block<2>;
-    case 3: return wgrad_block<3>;
-    case 4: return wgrad_block<4>;
-    case 5: return wgrad_block<5>;
-    case 6: return wgrad_block<6>;
-    case 7: return wgrad_block<7>;
-    default: return wgrad_block<8>;
+    case 1: return wgrad_fn_ns<1>(ns);
+    case 2: return wgrad_fn_ns<2>(ns);
+    case 3: return wgrad_fn_ns<3>(ns);
+    case 4: return wgrad_fn_ns<4>(ns);
+    case 5: return wgrad_fn_ns<5>(ns);
+    case 6: return wgrad_fn_ns<6>(ns);
+    case 7: return wgrad_fn_ns<7>(ns);
+    default: return wgrad_fn_ns<8>(ns);
   }
 }
 
@@ -510,9 +717,10 @@ static void wgrad_body(void* vctx, int64_t begin, int64_t end) {
     for (int64_t n = chunk * cx.per_chunk; n < n_end; ++n) {
       pack(a.x, n, g_ * Cg, Cg, g.H, g.W, 1, 1, -g.ph, -g.pw, HP, WP, P.f());
       pack(a.dy, n, g_ * Kg, Kg, g.OH, g.OW, 1, 1, 0, 0, g.OH, OWp, D.f());
-      for (int64_t k0 = 0; k0 < Kg; k0 += 8) {
-        const int64_t kb = imin(8, Kg - k0);
-        wgrad_fn(kb)(P.f(), HP, WP, D.f() + k0 * g.OH * OWp, g.OH, OWp, g.OW, Cg, g.R, g.S, g.sh, g.sw, g.dh,
+      const int64_t kbmax = wgrad_kb(Kg);
+      for (int64_t k0 = 0; k0 < Kg; k0 += kbmax) {
+        const int64_t kb = imin(kbmax, Kg - k0);
+        wgrad_fn(kb, wgrad_ns(kb, g.S))(P.f(), HP, WP, D.f() + k0 * g.OH * OWp, g.OH, OWp, g.OW, Cg, g.R, g.S, g.sh, g.sw, g.dh,
                      g.dw, out + k0 * crs, crs);
       }
     }
