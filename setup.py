@@ -116,10 +116,17 @@ def _extension():
     sources = ["csrc/ops.cpp", "csrc/cpu/engine.cpp", "csrc/cpu/conv2d.cpp", "csrc/cpu/max_pool2d.cpp",
                "csrc/cpu/conv_relu_maxpool2d.cpp"]
     cxx = ["-O3", "-Wno-psabi", "-fno-math-errno"]
+    link = []
     define_macros = []
     if sys.platform == "win32":
-        cxx = ["/O2"]
-    kwargs = dict(name="cnnfast._C", sources=sources, include_dirs=[os.path.join(HERE, "csrc")])
+        cxx = ["/O2", "/openmp"]
+    elif sys.platform.startswith("linux"):
+        # at::parallel_for is an inline header: it runs serially unless this extension itself is
+        # compiled with OpenMP (the same libgomp torch links), and the CPU kernels would use one core.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
+    kwargs = dict(name="cnnfast._C", sources=sources, include_dirs=[os.path.join(HERE, "csrc")],
+                  extra_link_args=link)
     if cuda:
         archs = [a.strip().replace(".", "") for a in os.environ.get("CNNFAST_CUDA_ARCHS", "80;90").split(";") if a.strip()]
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
