@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "common/geometry.h"
 
 namespace cnnfast {
@@ -64,6 +66,49 @@ inline void check_out(const at::Tensor& out, const at::Tensor& like, const char*
   TORCH_CHECK(out.device() == like.device(), op, ": ", name, " is on ", out.device(), " but input is on ",
               like.device());
   TORCH_CHECK(out.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", out.sizes());
+}
+
+// Per-op argument checks shared by the CPU and CUDA implementations; each returns the geometry.
+inline PoolGeom check_max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out,
+                                     const std::optional<at::Tensor>& indices) {
+  const char* op = "max_pool2d_fwd_kernel";
+  check_tensor(x, x, op, "input", 4);
+  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == x.scalar_type(), op, ": out must be 4-D of input's dtype");
+  const PoolGeom p = pool_geom(op, x.size(2), x.size(3), out.size(2), out.size(3), kernel, stride, padding, dilation);
+  check_out(out, x, op, "out", {x.size(0), x.size(1), p.OH, p.OW});
+  if (indices.has_value()) {
+    check_out(*indices, x, op, "indices", {x.size(0), x.size(1), p.OH, p.OW});
+    TORCH_CHECK(indices->scalar_type() == at::kLong, op, ": indices must be int64");
+  }
+  return p;
+}
+
+inline PoolGeom check_max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntArrayRef kernel,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     const at::Tensor& out) {
+  const char* op = "max_pool2d_bwd_kernel";
+  check_tensor(grad, grad, op, "grad", 4);
+  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == grad.scalar_type(), op, ": out must be 4-D of grad's dtype");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64");
+  const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), kernel, stride, padding,
+                               dilation);
+  check_out(grad, out, op, "grad", {out.size(0), out.size(1), p.OH, p.OW});
+  check_out(indices, out, op, "indices", {out.size(0), out.size(1), p.OH, p.OW});
+  return p;
+}
+
+inline PoolGeom check_unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_kernel,
+                             at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation,
+                             const at::Tensor& out) {
+  const char* op = "conv_relu_maxpool2d_unpool_kernel";
+  check_tensor(grad, grad, op, "grad", 4);
+  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
+  const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), pool_kernel, pool_stride,
+                               pool_padding, pool_dilation);
+  check_out(grad, out, op, "grad", {out.size(0), out.size(1), p.OH, p.OW});
+  check_out(pos, out, op, "pos", {out.size(0), out.size(1), p.OH, p.OW});
+  return p;
 }
 
 }  // namespace cnnfast

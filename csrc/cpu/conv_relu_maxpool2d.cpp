@@ -67,14 +67,8 @@ void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optiona
 // pos == i * pkw + j of grad[n, k, ph, pw].
 void unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
             at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, const at::Tensor& out) {
-  const char* op = "conv_relu_maxpool2d_unpool_kernel";
-  check_tensor(grad, grad, op, "grad", 4);
-  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
+  const PoolGeom p = check_unpool(grad, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, out);
   const int64_t N = out.size(0), K = out.size(1);
-  const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), pool_kernel, pool_stride,
-                               pool_padding, pool_dilation);
-  check_out(grad, out, op, "grad", {N, K, p.OH, p.OW});
-  check_out(pos, out, op, "pos", {N, K, p.OH, p.OW});
   if (out.numel() == 0) return;
   const bool disjoint = p.kh == p.sh && p.kw == p.sw && p.dh == 1 && p.dw == 1 && p.ph == 0 && p.pw == 0;
   std::vector<int64_t> tap_i(disjoint ? p.kh * p.kw : 0), tap_j(disjoint ? p.kh * p.kw : 0);

@@ -41,16 +41,10 @@ __global__ void max_pool2d_bwd_kernel(View<const T> grad, View<const int64_t> id
 
 void max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                     at::IntArrayRef dilation, const at::Tensor& out, const std::optional<at::Tensor>& indices) {
-  const char* op = "max_pool2d_fwd_kernel";
-  check_tensor(x, x, op, "input", 4);
-  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == x.scalar_type(), op, ": out must be 4-D of input's dtype");
+  const PoolGeom p = check_max_pool2d_fwd(x, kernel, stride, padding, dilation, out, indices);
   const int64_t N = x.size(0), C = x.size(1);
-  const PoolGeom p = pool_geom(op, x.size(2), x.size(3), out.size(2), out.size(3), kernel, stride, padding, dilation);
-  check_out(out, x, op, "out", {N, C, p.OH, p.OW});
   View<int64_t> iv{nullptr, 0, 0, 0, 0};
   if (indices.has_value()) {
-    check_out(*indices, x, op, "indices", {N, C, p.OH, p.OW});
-    TORCH_CHECK(indices->scalar_type() == at::kLong, op, ": indices must be int64");
     iv = view<int64_t>(*indices);
   }
   if (out.numel() == 0) return;
@@ -65,15 +59,8 @@ void max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef
 
 void max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntArrayRef kernel, at::IntArrayRef stride,
                     at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out) {
-  const char* op = "max_pool2d_bwd_kernel";
-  check_tensor(grad, grad, op, "grad", 4);
-  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == grad.scalar_type(), op, ": out must be 4-D of grad's dtype");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64");
+  const PoolGeom p = check_max_pool2d_bwd(grad, indices, kernel, stride, padding, dilation, out);
   const int64_t N = out.size(0), C = out.size(1);
-  const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), kernel, stride, padding,
-                               dilation);
-  check_out(grad, out, op, "grad", {N, C, p.OH, p.OW});
-  check_out(indices, out, op, "indices", {N, C, p.OH, p.OW});
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
