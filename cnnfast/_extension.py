@@ -142,7 +142,7 @@ def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, grou
 
 def conv_relu_maxpool2d_backward(grad_out, x, weight, pos, stride, padding, dilation, groups, conv_out_size,
                                  pool_kernel, pool_stride, pool_padding, pool_dilation, *,
-                                 needs=(True, True, True), channels_last=False, allow_tf32=False, config=None):
+                                 needs=(True, True, True), channels_last=False, allow_tf32=False):
     """Gradients ``(grad_x, grad_weight, grad_bias)`` of the fused op: see
     ``cnnfast.kernels.conv_relu_maxpool2d``. The conv-output gradient is rebuilt from (grad_out, pos) by
     a gather into a temporary that lives only during this call (it is never saved for backward)."""

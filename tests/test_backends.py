@@ -82,7 +82,18 @@ def test_package_import_does_not_import_triton():
 
 
 def test_backend_modules_expose_the_same_launchers():
+    """Every backend's launcher module has the Triton package's functions, with the same parameters."""
+    import inspect
+
     import cnnfast.kernels as triton_kernels
-    for name in triton_kernels.__all__:
-        assert callable(getattr(triton_kernels, name))
-    assert cnnfast.__version__
+    modules = [triton_kernels]
+    if backends._extension() is not None:
+        import cnnfast._extension
+        modules.append(cnnfast._extension)
+    for module in modules[1:]:
+        assert sorted(module.__all__) == sorted(triton_kernels.__all__)
+        for name in triton_kernels.__all__:
+            ours = list(inspect.signature(getattr(module, name)).parameters)
+            theirs = list(inspect.signature(getattr(triton_kernels, name)).parameters)
+            assert ours == theirs, f"{module.__name__}.{name}{ours} != cnnfast.kernels.{name}{theirs}"
+    assert all(callable(getattr(triton_kernels, name)) for name in triton_kernels.__all__)
