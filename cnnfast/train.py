@@ -196,6 +196,9 @@ class _Dist:
 
     def stop(self):
         if self.enabled and torch.distributed.is_initialized():
+            # Tear down together: a process that destroys its group while a peer still talks to it can
+            # abort gloo's background thread ("terminate called without an active exception").
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     def sum(self, values, device):
