@@ -12,7 +12,7 @@ What gets built:
 
 Settings, from the environment:
     CNNFAST_CPU_ONLY=1          skip the CUDA kernels even where they could be built
-    CNNFAST_CUDA_ARCHS="80;90"  SASS architectures (PTX is added for the last one)
+    CNNFAST_CUDA_ARCHS="80;90"  SASS architectures, sm_80 or newer (PTX is added for the last one)
     CUDA_HOME                   the toolkit; if unset, the folder nvcc reports as TOP (nvcc -dryrun), so
                                 a wrapper script named nvcc on PATH still leads to the real toolkit
     MAX_JOBS                    parallel compile jobs (default: CPUs, capped by memory at ~2 GiB a job)
@@ -113,8 +113,9 @@ def _extension():
         _say(f"CUDA_HOME={toolkit} has no bin/nvcc: building the CPU kernels only.")
         cuda = False
 
+    # The CPU kernels, and the emulator that runs the CUDA kernels' block programs on the CPU (tests).
     sources = ["csrc/ops.cpp", "csrc/cpu/engine.cpp", "csrc/cpu/conv2d.cpp", "csrc/cpu/max_pool2d.cpp",
-               "csrc/cpu/conv_relu_maxpool2d.cpp"]
+               "csrc/cpu/conv_relu_maxpool2d.cpp", "csrc/cpu/emulated_cuda.cpp"]
     cxx = ["-O3", "-Wno-psabi", "-fno-math-errno"]
     link = []
     define_macros = []
@@ -129,6 +130,10 @@ def _extension():
                   extra_link_args=link)
     if cuda:
         archs = [a.strip().replace(".", "") for a in os.environ.get("CNNFAST_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+        if not archs or not all(a.isdigit() and int(a) >= 80 for a in archs):
+            _say(f"CNNFAST_CUDA_ARCHS={os.environ.get('CNNFAST_CUDA_ARCHS')!r}: the CUDA kernels need sm_80 or newer "
+                 "(bfloat16 and TF32 tensor cores); give architectures like \"80;90\".")
+            sys.exit(1)
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
         gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
         sources += sorted(os.path.join("csrc/cuda", f) for f in os.listdir(os.path.join(HERE, "csrc/cuda"))

@@ -16,15 +16,16 @@ from .workload import COMPILE, EAGER, Unavailable
 TOLERANCE = {"float32": 1e-4, "tf32": 1e-2, "bfloat16": 4e-2, "float16": 1e-2}
 MODEL_SLACK = 4
 
-INTERPRETER_NOTE = ("The Triton backend runs on CPU tensors only under the Triton interpreter, a correctness "
-                    "tool that is never timed; on CPU it is left out.")
+INTERPRETER_NOTE = ("The Triton backend runs on CPU tensors only under the Triton interpreter, and the CUDA "
+                    "kernels only under the emulator (backend emulated_cuda): correctness tools that are never "
+                    "timed; on CPU they are left out.")
 
 
 def providers(device: torch.device, wanted=None):
     """Stock eager, torch.compile and every cnnfast backend available on ``device`` (the interpreted
-    Triton backend excepted), filtered to ``wanted`` when given."""
+    Triton backend and the emulated CUDA one excepted), filtered to ``wanted`` when given."""
     names = [EAGER, COMPILE] + [f"cnnfast:{b}" for b in cnnfast.backends.available(device)
-                                if not (device.type == "cpu" and b == "triton")]
+                                if not (device.type == "cpu" and b in ("triton", "emulated_cuda"))]
     return [n for n in names if wanted is None or n in wanted]
 
 

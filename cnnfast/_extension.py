@@ -1,17 +1,22 @@
-"""Launchers of the C++/CUDA extension (backends "cpu" and "cuda"): the same functions, signatures and
-semantics as the Triton package (``cnnfast.kernels``), running ``torch.ops.cnnfast.*_kernel``.
+"""Launchers of the C++/CUDA extension (backends "cpu", "cuda" and "emulated_cuda"): the same functions,
+signatures and semantics as the Triton package (``cnnfast.kernels``), running the extension's ops.
 
-The C++ ops take their outputs as mutable arguments: this module allocates every output the way the
+The C++ ops take their outputs as mutable arguments: the launchers allocate every output the way the
 Triton launchers do (``new_empty``: poisoned with NaN / -1 when the test suite asks for it), so an
 element a kernel forgets to write can never look right, on any backend. Fake kernels for the ops are
 registered here, so ``torch.library.opcheck`` and ``torch.compile`` can trace them.
 
-``config=`` is accepted and ignored (the C++ kernels choose their tiling themselves); ``allow_tf32``
-is accepted and ignored too: these kernels compute float32 exactly.
+One set of launchers, two op tables: ``torch.ops.cnnfast.*_kernel`` (the CPU and CUDA kernels, chosen
+by the tensors' device) and ``cnnfast._C.emulated_cuda`` (the CUDA kernels' block programs run by the
+emulator on CPU tensors; ``emulated`` below).
+
+``config=`` is accepted and ignored (the C++ kernels choose their tiling themselves). ``allow_tf32``
+lets float32 convolutions use TF32 tensor cores on CUDA, as cuDNN does; the CPU kernels compute
+float32 exactly.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the library that defines torch.ops.cnnfast.*_kernel)
+from . import _C
 from ._outputs import new_empty, pos_dtype
 
 __all__ = [
@@ -20,13 +25,12 @@ __all__ = [
     "conv_relu_maxpool2d_forward", "conv_relu_maxpool2d_backward",
 ]
 
-_ops = torch.ops.cnnfast
+_OP_NAMES = ("conv2d_fwd_kernel", "conv2d_input_grad_kernel", "conv2d_weight_grad_kernel", "conv2d_bias_grad_kernel",
+             "max_pool2d_fwd_kernel", "max_pool2d_bwd_kernel", "conv_relu_maxpool2d_fwd_kernel",
+             "conv_relu_maxpool2d_unpool_kernel", "conv_relu_maxpool2d_bias_grad_kernel")
 
 # The C++ ops write their (mutable) outputs and return nothing: the fake kernels have nothing to do.
-for _name in ("conv2d_fwd_kernel", "conv2d_input_grad_kernel", "conv2d_weight_grad_kernel",
-              "conv2d_bias_grad_kernel", "max_pool2d_fwd_kernel", "max_pool2d_bwd_kernel",
-              "conv_relu_maxpool2d_fwd_kernel", "conv_relu_maxpool2d_unpool_kernel",
-              "conv_relu_maxpool2d_bias_grad_kernel"):
+for _name in _OP_NAMES:
     torch.library.register_fake(f"cnnfast::{_name}")(lambda *args, **kwargs: None)
 
 
@@ -34,129 +38,149 @@ def _l(v):
     return [int(i) for i in v]
 
 
-# --- conv2d ------------------------------------------------------------------------------------------
+class Launchers:
+    """The launchers of ``cnnfast.kernels``, over the op table ``ops`` (an object with the extension's
+    ``*_kernel`` functions)."""
 
-def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size, *,
-                   channels_last=False, allow_tf32=False, config=None):
-    """conv2d forward: see ``cnnfast.kernels.conv2d.conv2d_forward`` (exact float32 here)."""
-    y = new_empty((x.shape[0], weight.shape[0], *out_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
-    if y.numel():
-        _ops.conv2d_fwd_kernel(x, weight, bias, _l(stride), _l(padding), _l(dilation), groups, y)
-    return y
+    def __init__(self, ops):
+        self._ops = ops
 
+    # --- conv2d --------------------------------------------------------------------------------------
 
-def _unpool(pool, dtype=torch.float32):
-    """dy (N, K, OH, OW), float32, rebuilt from ``pool`` = (grad_pooled, pos, kernel, stride, padding,
-    dilation, conv_out_size)."""
-    grad_pooled, pos, pk, ps, pp, pd, (oh, ow) = pool
-    dy = torch.empty((grad_pooled.shape[0], grad_pooled.shape[1], oh, ow), dtype=dtype, device=grad_pooled.device)
-    if dy.numel():
-        _ops.conv_relu_maxpool2d_unpool_kernel(grad_pooled, pos, _l(pk), _l(ps), _l(pp), _l(pd), dy)
-    return dy
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out_size, *,
+                       channels_last=False, allow_tf32=False, config=None):
+        """conv2d forward: see ``cnnfast.kernels.conv2d.conv2d_forward``."""
+        y = new_empty((x.shape[0], weight.shape[0], *out_size), dtype=x.dtype, device=x.device,
+                      channels_last=channels_last)
+        if y.numel():
+            self._ops.conv2d_fwd_kernel(x, weight, bias, _l(stride), _l(padding), _l(dilation), groups,
+                                        bool(allow_tf32), y)
+        return y
 
+    def _unpool(self, pool, dtype=torch.float32):
+        """dy (N, K, OH, OW), float32, rebuilt from ``pool`` = (grad_pooled, pos, kernel, stride, padding,
+        dilation, conv_out_size)."""
+        grad_pooled, pos, pk, ps, pp, pd, (oh, ow) = pool
+        dy = torch.empty((grad_pooled.shape[0], grad_pooled.shape[1], oh, ow), dtype=dtype, device=grad_pooled.device)
+        if dy.numel():
+            self._ops.conv_relu_maxpool2d_unpool_kernel(grad_pooled, pos, _l(pk), _l(ps), _l(pp), _l(pd), dy)
+        return dy
 
-def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, groups, *,
-                      channels_last=False, allow_tf32=False, config=None, pool=None):
-    """Gradient of conv2d with respect to its input: see ``cnnfast.kernels.conv2d.conv2d_input_grad``."""
-    dtype = grad_out.dtype if pool is None else weight.dtype
-    if pool is not None:
-        grad_out = _unpool(pool)
-    gi = new_empty((grad_out.shape[0], groups * weight.shape[1], *input_size), dtype=dtype, device=weight.device,
-                   channels_last=channels_last)
-    if gi.numel():
-        _ops.conv2d_input_grad_kernel(grad_out, weight, _l(stride), _l(padding), _l(dilation), groups, gi)
-    return gi
+    def conv2d_input_grad(self, grad_out, weight, input_size, stride, padding, dilation, groups, *,
+                          channels_last=False, allow_tf32=False, config=None, pool=None):
+        """Gradient of conv2d with respect to its input: see ``cnnfast.kernels.conv2d.conv2d_input_grad``."""
+        dtype = grad_out.dtype if pool is None else weight.dtype
+        if pool is not None:
+            grad_out = self._unpool(pool)
+        gi = new_empty((grad_out.shape[0], groups * weight.shape[1], *input_size), dtype=dtype, device=weight.device,
+                       channels_last=channels_last)
+        if gi.numel():
+            self._ops.conv2d_input_grad_kernel(grad_out, weight, _l(stride), _l(padding), _l(dilation), groups,
+                                               bool(allow_tf32), gi)
+        return gi
 
+    def conv2d_weight_grad(self, x, grad_out, weight_size, stride, padding, dilation, groups, *,
+                           channels_last=False, allow_tf32=False, config=None, pool=None):
+        """Gradient of conv2d with respect to its weight: see ``cnnfast.kernels.conv2d.conv2d_weight_grad``.
+        Split in fixed chunks and reduced in order: bit-for-bit repeatable."""
+        if pool is not None:
+            grad_out = self._unpool(pool)
+        gw = new_empty(tuple(weight_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
+        if gw.numel():
+            self._ops.conv2d_weight_grad_kernel(x, grad_out, _l(stride), _l(padding), _l(dilation), groups,
+                                                bool(allow_tf32), gw)
+        return gw
 
-def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, groups, *,
-                       channels_last=False, allow_tf32=False, config=None, pool=None):
-    """Gradient of conv2d with respect to its weight: see ``cnnfast.kernels.conv2d.conv2d_weight_grad``.
-    Split over fixed batch chunks and reduced in order: bit-for-bit repeatable."""
-    if pool is not None:
-        grad_out = _unpool(pool)
-    gw = new_empty(tuple(weight_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
-    if gw.numel():
-        _ops.conv2d_weight_grad_kernel(x, grad_out, _l(stride), _l(padding), _l(dilation), groups, gw)
-    return gw
-
-
-def conv2d_bias_grad(grad_out, *, pool=None, config=None):
-    """Gradient of conv2d with respect to its bias: see ``cnnfast.kernels.conv2d.conv2d_bias_grad``."""
-    if pool is not None:
-        grad_pooled, pos = pool[0], pool[1]
-        # Every kept pooled cell passes its gradient to exactly one conv output: sum those directly.
-        gb = new_empty((grad_pooled.shape[1],), dtype=grad_pooled.dtype, device=grad_pooled.device)
+    def conv2d_bias_grad(self, grad_out, *, pool=None, config=None):
+        """Gradient of conv2d with respect to its bias: see ``cnnfast.kernels.conv2d.conv2d_bias_grad``."""
+        if pool is not None:
+            # Every kept pooled cell passes its gradient to exactly one conv output: sum those directly.
+            grad_pooled, pos = pool[0], pool[1]
+            gb = new_empty((grad_pooled.shape[1],), dtype=grad_pooled.dtype, device=grad_pooled.device)
+            if gb.numel():
+                self._ops.conv_relu_maxpool2d_bias_grad_kernel(grad_pooled, pos, gb)
+            return gb
+        gb = new_empty((grad_out.shape[1],), dtype=grad_out.dtype, device=grad_out.device)
         if gb.numel():
-            if grad_pooled.device.type == "cpu":  # the same sums, without the masked copy
-                _ops.conv_relu_maxpool2d_bias_grad_kernel(grad_pooled, pos, gb)
-            else:
-                _ops.conv2d_bias_grad_kernel(grad_pooled.masked_fill(pos < 0, 0), gb)
+            self._ops.conv2d_bias_grad_kernel(grad_out, gb)
         return gb
-    gb = new_empty((grad_out.shape[1],), dtype=grad_out.dtype, device=grad_out.device)
-    if gb.numel():
-        _ops.conv2d_bias_grad_kernel(grad_out, gb)
-    return gb
+
+    # --- max_pool2d ----------------------------------------------------------------------------------
+
+    def max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_size, *, with_indices,
+                           channels_last=False, config=None):
+        """Max-pool a 4-D tensor; returns ``(out, indices)``: see ``cnnfast.kernels.max_pool2d``."""
+        shape = (x.shape[0], x.shape[1], *out_size)
+        out = new_empty(shape, dtype=x.dtype, device=x.device, channels_last=channels_last)
+        idx = (new_empty(shape, dtype=torch.int64, device=x.device, channels_last=channels_last)
+               if with_indices else None)
+        if out.numel():
+            self._ops.max_pool2d_fwd_kernel(x, _l(kernel_size), _l(stride), _l(padding), _l(dilation), out, idx)
+        return out, idx
+
+    def max_pool2d_backward(self, grad_out, indices, input_size, kernel_size, stride, padding, dilation, *,
+                            channels_last=False, config=None):
+        """Gradient of max_pool2d (a gather, no atomics): see ``cnnfast.kernels.max_pool2d``. ``input_size``
+        is (N, C, H, W) or (H, W) (N and C then those of ``grad_out``)."""
+        if len(input_size) == 2:
+            input_size = (*grad_out.shape[:2], *input_size)
+        gx = new_empty(tuple(input_size), dtype=grad_out.dtype, device=grad_out.device, channels_last=channels_last)
+        if gx.numel():
+            self._ops.max_pool2d_bwd_kernel(grad_out, indices, _l(kernel_size), _l(stride), _l(padding),
+                                            _l(dilation), gx)
+        return gx
+
+    # --- conv2d + bias + ReLU + max_pool2d --------------------------------------------------------------
+
+    def conv_relu_maxpool2d_forward(self, x, weight, bias, stride, padding, dilation, groups, conv_out_size,
+                                    pool_kernel, pool_stride, pool_padding, pool_dilation, out_size, *,
+                                    with_pos, channels_last=False, allow_tf32=False, config=None):
+        """The fused forward; returns ``(out, pos)``: see ``cnnfast.kernels.conv_relu_maxpool2d``."""
+        shape = (x.shape[0], weight.shape[0], *out_size)
+        out = new_empty(shape, dtype=x.dtype, device=x.device, channels_last=channels_last)
+        pos = (new_empty(shape, dtype=pos_dtype(pool_kernel), device=x.device, channels_last=channels_last)
+               if with_pos else None)
+        if out.numel():
+            self._ops.conv_relu_maxpool2d_fwd_kernel(
+                x, weight, bias, _l(stride), _l(padding), _l(dilation), groups, _l(conv_out_size),
+                _l(pool_kernel), _l(pool_stride), _l(pool_padding), _l(pool_dilation), bool(allow_tf32), out, pos)
+        return out, pos
+
+    def conv_relu_maxpool2d_backward(self, grad_out, x, weight, pos, stride, padding, dilation, groups,
+                                     conv_out_size, pool_kernel, pool_stride, pool_padding, pool_dilation, *,
+                                     needs=(True, True, True), channels_last=False, allow_tf32=False):
+        """Gradients ``(grad_x, grad_weight, grad_bias)`` of the fused op: see
+        ``cnnfast.kernels.conv_relu_maxpool2d``. The conv-output gradient is rebuilt from (grad_out, pos)
+        by a gather into a temporary that lives only during this call (it is never saved for backward)."""
+        pool = (grad_out, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, conv_out_size)
+        grad_x = grad_w = grad_b = None
+        dy = self._unpool(pool) if needs[0] or needs[1] else None
+        if needs[0]:
+            grad_x = new_empty(tuple(x.shape), dtype=grad_out.dtype, device=x.device, channels_last=channels_last)
+            if grad_x.numel():
+                self._ops.conv2d_input_grad_kernel(dy, weight, _l(stride), _l(padding), _l(dilation), groups,
+                                                   bool(allow_tf32), grad_x)
+        if needs[1]:
+            grad_w = new_empty(tuple(weight.shape), dtype=grad_out.dtype, device=x.device,
+                               channels_last=channels_last)
+            if grad_w.numel():
+                self._ops.conv2d_weight_grad_kernel(x, dy, _l(stride), _l(padding), _l(dilation), groups,
+                                                    bool(allow_tf32), grad_w)
+        if needs[2]:
+            grad_b = self.conv2d_bias_grad(None, pool=pool)
+        return grad_x, grad_w, grad_b
 
 
-# --- max_pool2d --------------------------------------------------------------------------------------
+# The CPU and CUDA kernels, for backends "cpu" and "cuda".
+native = Launchers(torch.ops.cnnfast)
+# The CUDA kernels' block programs on CPU tensors, for backend "emulated_cuda".
+emulated = Launchers(_C.emulated_cuda)
 
-def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_size, *, with_indices,
-                       channels_last=False, config=None):
-    """Max-pool a 4-D tensor; returns ``(out, indices)``: see ``cnnfast.kernels.max_pool2d``."""
-    shape = (x.shape[0], x.shape[1], *out_size)
-    out = new_empty(shape, dtype=x.dtype, device=x.device, channels_last=channels_last)
-    idx = new_empty(shape, dtype=torch.int64, device=x.device, channels_last=channels_last) if with_indices else None
-    if out.numel():
-        _ops.max_pool2d_fwd_kernel(x, _l(kernel_size), _l(stride), _l(padding), _l(dilation), out, idx)
-    return out, idx
-
-
-def max_pool2d_backward(grad_out, indices, input_size, kernel_size, stride, padding, dilation, *,
-                        channels_last=False, config=None):
-    """Gradient of max_pool2d (a gather, no atomics): see ``cnnfast.kernels.max_pool2d``. ``input_size``
-    is (N, C, H, W) or (H, W) (N and C then those of ``grad_out``)."""
-    if len(input_size) == 2:
-        input_size = (*grad_out.shape[:2], *input_size)
-    gx = new_empty(tuple(input_size), dtype=grad_out.dtype, device=grad_out.device, channels_last=channels_last)
-    if gx.numel():
-        _ops.max_pool2d_bwd_kernel(grad_out, indices, _l(kernel_size), _l(stride), _l(padding), _l(dilation), gx)
-    return gx
-
-
-# --- conv2d + bias + ReLU + max_pool2d ----------------------------------------------------------------
-
-def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, groups, conv_out_size,
-                                pool_kernel, pool_stride, pool_padding, pool_dilation, out_size, *,
-                                with_pos, channels_last=False, allow_tf32=False, config=None):
-    """The fused forward; returns ``(out, pos)``: see ``cnnfast.kernels.conv_relu_maxpool2d``."""
-    shape = (x.shape[0], weight.shape[0], *out_size)
-    out = new_empty(shape, dtype=x.dtype, device=x.device, channels_last=channels_last)
-    pos = (new_empty(shape, dtype=pos_dtype(pool_kernel), device=x.device, channels_last=channels_last)
-           if with_pos else None)
-    if out.numel():
-        _ops.conv_relu_maxpool2d_fwd_kernel(
-            x, weight, bias, _l(stride), _l(padding), _l(dilation), groups, _l(conv_out_size), _l(pool_kernel),
-            _l(pool_stride), _l(pool_padding), _l(pool_dilation), out, pos)
-    return out, pos
-
-
-def conv_relu_maxpool2d_backward(grad_out, x, weight, pos, stride, padding, dilation, groups, conv_out_size,
-                                 pool_kernel, pool_stride, pool_padding, pool_dilation, *,
-                                 needs=(True, True, True), channels_last=False, allow_tf32=False):
-    """Gradients ``(grad_x, grad_weight, grad_bias)`` of the fused op: see
-    ``cnnfast.kernels.conv_relu_maxpool2d``. The conv-output gradient is rebuilt from (grad_out, pos) by
-    a gather into a temporary that lives only during this call (it is never saved for backward)."""
-    pool = (grad_out, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, conv_out_size)
-    grad_x = grad_w = grad_b = None
-    dy = _unpool(pool) if needs[0] or needs[1] else None
-    if needs[0]:
-        grad_x = new_empty(tuple(x.shape), dtype=grad_out.dtype, device=x.device, channels_last=channels_last)
-        if grad_x.numel():
-            _ops.conv2d_input_grad_kernel(dy, weight, _l(stride), _l(padding), _l(dilation), groups, grad_x)
-    if needs[1]:
-        grad_w = new_empty(tuple(weight.shape), dtype=grad_out.dtype, device=x.device, channels_last=channels_last)
-        if grad_w.numel():
-            _ops.conv2d_weight_grad_kernel(x, dy, _l(stride), _l(padding), _l(dilation), groups, grad_w)
-    if needs[2]:
-        grad_b = conv2d_bias_grad(None, pool=pool)
-    return grad_x, grad_w, grad_b
+conv2d_forward = native.conv2d_forward
+conv2d_input_grad = native.conv2d_input_grad
+conv2d_weight_grad = native.conv2d_weight_grad
+conv2d_bias_grad = native.conv2d_bias_grad
+max_pool2d_forward = native.max_pool2d_forward
+max_pool2d_backward = native.max_pool2d_backward
+conv_relu_maxpool2d_forward = native.conv_relu_maxpool2d_forward
+conv_relu_maxpool2d_backward = native.conv_relu_maxpool2d_backward

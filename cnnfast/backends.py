@@ -6,6 +6,10 @@ Backends:
     "cuda"    the C++ extension's CUDA kernels (``cnnfast._C``), when it was built with CUDA.
     "cpu"     the C++ extension's CPU kernels (``cnnfast._C``).
     "torch"   stock PyTorch: the reference every other backend is tested against.
+    "emulated_cuda"
+              the "cuda" backend's kernels (their block programs) run on CPU tensors by the
+              extension's emulator, thread by thread: slow, exact to the CUDA kernels' logic. It
+              lets the test suite, and anyone changing a CUDA kernel, check it without a GPU.
     "auto"    the fastest backend available for the tensor's device that supports the case,
               falling back to "torch" where no fast kernel does (float64, for example).
 
@@ -18,7 +22,7 @@ import os
 
 import torch
 
-NAMES = ("triton", "cuda", "cpu", "torch", "auto")
+NAMES = ("triton", "cuda", "cpu", "torch", "auto", "emulated_cuda")
 
 # The dtypes the hand-written kernels implement; anything else runs on "torch" under "auto".
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -83,6 +87,7 @@ _EXTENSION = _load_extension()
 # Which of its kernels it has ("cpu", "cuda"), also fixed at import for the same reason.
 _EXTENSION_HAS = {name: bool(_EXTENSION is not None and getattr(_EXTENSION, f"has_{name}", lambda: False)())
                   for name in ("cpu", "cuda")}
+_EXTENSION_HAS["emulated_cuda"] = _EXTENSION is not None and hasattr(_EXTENSION, "emulated_cuda")
 
 
 def _extension():
@@ -110,6 +115,12 @@ def _why_unavailable(name: str, device: torch.device):
             return (f"backend {name!r} is not available: cnnfast was installed without its compiled "
                     f"{name.upper()} kernels (cnnfast._C)")
         return None
+    if name == "emulated_cuda":
+        if device.type != "cpu":
+            return f"backend 'emulated_cuda' runs the CUDA kernels on cpu tensors, not on a {device.type} tensor"
+        if not _EXTENSION_HAS[name]:
+            return "backend 'emulated_cuda' is not available: cnnfast was installed without cnnfast._C"
+        return None
     raise AssertionError(name)
 
 
@@ -118,8 +129,10 @@ def available(device="cpu") -> list:
     device = torch.device(device)
     order = _AUTO_ORDER.get(device.type, ("torch",))
     names = [n for n in order if _why_unavailable(n, device) is None]
-    if device.type == "cpu" and _why_unavailable("triton", device) is None:
-        names.insert(len(names) - 1, "triton")  # the interpreter: correct, never fast
+    # Correct, never fast (never chosen by "auto"): the Triton interpreter and the CUDA emulator.
+    for slow in ("triton", "emulated_cuda"):
+        if device.type == "cpu" and slow not in names and _why_unavailable(slow, device) is None:
+            names.insert(len(names) - 1, slow)
     return names
 
 
@@ -154,4 +167,6 @@ def kernels(name: str):
         return importlib.import_module("cnnfast.kernels")
     if name in ("cuda", "cpu"):
         return importlib.import_module("cnnfast._extension")
+    if name == "emulated_cuda":
+        return importlib.import_module("cnnfast._extension").emulated
     raise AssertionError(name)

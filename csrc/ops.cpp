@@ -10,15 +10,17 @@
 
 #include <torch/cuda.h>
 
+#include "cpu/emulated_cuda.h"
 #include "cpu/engine_api.h"
 
 TORCH_LIBRARY_FRAGMENT(cnnfast, m) {
+  // allow_tf32: float32 may use TF32 tensor cores (CUDA; the CPU kernels compute float32 exactly).
   m.def("conv2d_fwd_kernel(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
-        "int groups, Tensor(a!) out) -> ()");
+        "int groups, bool allow_tf32, Tensor(a!) out) -> ()");
   m.def("conv2d_input_grad_kernel(Tensor grad, Tensor weight, int[] stride, int[] padding, int[] dilation, "
-        "int groups, Tensor(a!) out) -> ()");
+        "int groups, bool allow_tf32, Tensor(a!) out) -> ()");
   m.def("conv2d_weight_grad_kernel(Tensor x, Tensor grad, int[] stride, int[] padding, int[] dilation, "
-        "int groups, Tensor(a!) out) -> ()");
+        "int groups, bool allow_tf32, Tensor(a!) out) -> ()");
   m.def("conv2d_bias_grad_kernel(Tensor grad, Tensor(a!) out) -> ()");
   m.def("max_pool2d_fwd_kernel(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
         "Tensor(a!) out, Tensor(b!)? indices) -> ()");
@@ -26,10 +28,10 @@ TORCH_LIBRARY_FRAGMENT(cnnfast, m) {
         "int[] dilation, Tensor(a!) out) -> ()");
   m.def("conv_relu_maxpool2d_fwd_kernel(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups, int[] conv_out_size, int[] pool_kernel, int[] pool_stride, "
-        "int[] pool_padding, int[] pool_dilation, Tensor(a!) out, Tensor(b!)? pos) -> ()");
+        "int[] pool_padding, int[] pool_dilation, bool allow_tf32, Tensor(a!) out, Tensor(b!)? pos) -> ()");
   m.def("conv_relu_maxpool2d_unpool_kernel(Tensor grad, Tensor pos, int[] pool_kernel, int[] pool_stride, "
         "int[] pool_padding, int[] pool_dilation, Tensor(a!) out) -> ()");
-  // CPU only (the CUDA backend masks the pooled grad and runs conv2d_bias_grad_kernel).
+  // The fused op's bias gradient: the sum over the pooled gradient where pos >= 0.
   m.def("conv_relu_maxpool2d_bias_grad_kernel(Tensor grad, Tensor pos, Tensor(a!) out) -> ()");
 }
 
@@ -61,4 +63,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_cuda", &has_cuda, "whether the CUDA kernels are built and a CUDA device is available");
   m.def("built_with_cuda", &built_with_cuda, "whether the CUDA kernels are built");
   m.def("cpu_isa", &cnnfast::cpu::engine_isa, "the instruction set the CPU engine runs on here");
+  cnnfast::cuda::register_emulator(m);
 }

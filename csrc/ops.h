@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <utility>
 
 #include "common/geometry.h"
 
@@ -69,6 +70,91 @@ inline void check_out(const at::Tensor& out, const at::Tensor& like, const char*
 }
 
 // Per-op argument checks shared by the CPU and CUDA implementations; each returns the geometry.
+inline void check_bias(const std::optional<at::Tensor>& bias, int64_t K, const at::Tensor& like, const char* op) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == K, op, ": bias must have shape [", K, "], got ", bias->sizes());
+  TORCH_CHECK(bias->device() == like.device(), op, ": bias is on ", bias->device(), " but input is on ", like.device());
+}
+
+inline ConvGeom check_conv2d_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups, const at::Tensor& out) {
+  const char* op = "conv2d_fwd_kernel";
+  check_float(x, op, "input");
+  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
+  const ConvGeom g = conv_geom(op, x, weight, stride, padding, dilation, groups, out.size(2), out.size(3));
+  check_out(out, x, op, "out", {g.N, g.K, g.OH, g.OW});
+  check_bias(bias, g.K, x, op);
+  return g;
+}
+
+// The geometry of the forward conv whose input gradient this is: input `out`, output `grad`.
+inline ConvGeom check_conv2d_input_grad(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                        const at::Tensor& out) {
+  const char* op = "conv2d_input_grad_kernel";
+  check_float(grad, op, "grad");
+  check_float(weight, op, "weight");
+  TORCH_CHECK(out.dim() == 4 && grad.dim() == 4, op, ": grad and out must be 4-D");
+  const ConvGeom g = conv_geom(op, out, weight, stride, padding, dilation, groups, grad.size(2), grad.size(3));
+  check_out(grad, out, op, "grad", {g.N, g.K, g.OH, g.OW});
+  return g;
+}
+
+inline ConvGeom check_conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArrayRef stride,
+                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                         const at::Tensor& out) {
+  const char* op = "conv2d_weight_grad_kernel";
+  check_float(x, op, "input");
+  check_float(grad, op, "grad");
+  TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D");
+  const ConvGeom g = conv_geom(op, x, out, stride, padding, dilation, groups, grad.size(2), grad.size(3));
+  check_out(grad, x, op, "grad", {g.N, g.K, g.OH, g.OW});
+  return g;
+}
+
+inline void check_conv2d_bias_grad(const at::Tensor& grad, const at::Tensor& out) {
+  const char* op = "conv2d_bias_grad_kernel";
+  check_float(grad, op, "grad");
+  TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D");
+  check_out(out, grad, op, "out", {grad.size(1)});
+}
+
+inline void check_pos(const at::Tensor& pos, const at::Tensor& like, const char* op, at::IntArrayRef shape,
+                      int64_t taps) {
+  check_out(pos, like, op, "pos", shape);
+  const auto d = pos.scalar_type();
+  TORCH_CHECK(d == at::kChar || d == at::kShort || d == at::kInt, op, ": pos must be int8, int16 or int32, got ", d);
+  TORCH_CHECK(taps <= (d == at::kChar ? 127 : d == at::kShort ? 32767 : INT32_MAX), op, ": pos dtype ", d,
+              " is too narrow for a window of ", taps, " taps");
+}
+
+inline std::pair<ConvGeom, PoolGeom> check_fused_fwd(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
+    at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+    at::IntArrayRef pool_dilation, const at::Tensor& out, const std::optional<at::Tensor>& pos) {
+  const char* op = "conv_relu_maxpool2d_fwd_kernel";
+  check_float(x, op, "input");
+  TORCH_CHECK(conv_out_size.size() == 2, op, ": conv_out_size must have 2 elements");
+  TORCH_CHECK(out.dim() == 4 && out.scalar_type() == x.scalar_type(), op, ": out must be 4-D of input's dtype");
+  const ConvGeom g = conv_geom(op, x, weight, stride, padding, dilation, groups, conv_out_size[0], conv_out_size[1]);
+  const PoolGeom p = pool_geom(op, g.OH, g.OW, out.size(2), out.size(3), pool_kernel, pool_stride, pool_padding,
+                               pool_dilation);
+  check_out(out, x, op, "out", {g.N, g.K, p.OH, p.OW});
+  check_bias(bias, g.K, x, op);
+  if (pos.has_value()) check_pos(*pos, x, op, {g.N, g.K, p.OH, p.OW}, p.kh * p.kw);
+  return {g, p};
+}
+
+inline void check_fused_bias_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& out) {
+  const char* op = "conv_relu_maxpool2d_bias_grad_kernel";
+  check_float(grad, op, "grad");
+  check_tensor(grad, grad, op, "grad", 4);
+  check_out(pos, grad, op, "pos", {grad.size(0), grad.size(1), grad.size(2), grad.size(3)});
+  check_out(out, grad, op, "out", {grad.size(1)});
+}
+
 inline PoolGeom check_max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out,
                                      const std::optional<at::Tensor>& indices) {
@@ -107,7 +193,7 @@ inline PoolGeom check_unpool(const at::Tensor& grad, const at::Tensor& pos, at::
   const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), pool_kernel, pool_stride,
                                pool_padding, pool_dilation);
   check_out(grad, out, op, "grad", {out.size(0), out.size(1), p.OH, p.OW});
-  check_out(pos, out, op, "pos", {out.size(0), out.size(1), p.OH, p.OW});
+  check_pos(pos, out, op, {out.size(0), out.size(1), p.OH, p.OW}, p.kh * p.kw);
   return p;
 }
 

@@ -47,6 +47,18 @@ def test_available_lists_torch_last_and_triton_where_it_runs():
     assert backends.available("meta") == ["torch"]
 
 
+def test_emulated_cuda_runs_on_cpu_tensors_only_and_auto_never_picks_it():
+    if backends._extension() is None:
+        pytest.skip("cnnfast._C is not built")
+    assert "emulated_cuda" in backends.available("cpu")
+    assert "emulated_cuda" not in backends.available("cuda")
+    x = rand(1, 3, 8, 8)
+    assert backends.resolve("auto", "conv2d", x.cpu()) != "emulated_cuda"
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="backend 'emulated_cuda' runs the CUDA kernels on cpu tensors"):
+            cf.conv2d(x.cuda(), rand(2, 3, 3, 3).cuda(), backend="emulated_cuda")
+
+
 def test_auto_falls_back_to_torch_for_float64_and_uses_a_kernel_otherwise():
     x = rand(1, 3, 8, 8)
     assert backends.resolve("auto", "conv2d", x.double()) == "torch"
@@ -92,8 +104,11 @@ def test_backend_modules_expose_the_same_launchers():
         modules.append(cnnfast._extension)
     for module in modules[1:]:
         assert sorted(module.__all__) == sorted(triton_kernels.__all__)
+    if backends._extension() is not None:
+        modules.append(backends.kernels("emulated_cuda"))
+    for module in modules[1:]:
         for name in triton_kernels.__all__:
             ours = list(inspect.signature(getattr(module, name)).parameters)
             theirs = list(inspect.signature(getattr(triton_kernels, name)).parameters)
-            assert ours == theirs, f"{module.__name__}.{name}{ours} != cnnfast.kernels.{name}{theirs}"
+            assert ours == theirs, f"{module}.{name}{ours} != cnnfast.kernels.{name}{theirs}"
     assert all(callable(getattr(triton_kernels, name)) for name in triton_kernels.__all__)

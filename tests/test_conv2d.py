@@ -24,8 +24,8 @@ CASES = {
 }
 
 
-def _inputs(case, dtype, channels_last=False):
-    x_shape, w_shape, kwargs = CASES[case]
+def _inputs(case, dtype, channels_last=False, cases=CASES):
+    x_shape, w_shape, kwargs = cases[case]
     kwargs = dict(kwargs)
     has_bias = kwargs.pop("bias", True)
     x = rand(*x_shape, dtype=dtype, channels_last=channels_last, requires_grad=True)
@@ -57,42 +57,36 @@ def _stock(x, w, b, kwargs, grad_out):
         return None, [None] * 3, None
 
 
+def _check(case, dtype, backend, channels_last=False, cases=CASES):
+    """Forward and every gradient against float64; low precision also within twice stock's error."""
+    x, w, b, kwargs = _inputs(case, dtype, channels_last, cases)
+    x_before = x.detach().clone()
+    out, grads, grad_out = _forward_backward(lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
+    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
+    stock, stock_grads = (None, [None] * 3) if dtype == torch.float32 else _stock(x, w, b, kwargs, grad_out)[:2]
+    assert out.dtype == dtype
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_matches(out, ref, dtype, stock)
+    for name, g, r, s in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads, stock_grads):
+        assert_matches(g, r, dtype, s, what=name)
+    assert_unchanged(x, x_before)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_conv2d_matches_float64_reference(case, backend):
-    x, w, b, kwargs = _inputs(case, torch.float32)
-    x_before = x.detach().clone()
-    out, grads, grad_out = _forward_backward(
-        lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
-    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
-    assert out.dtype == x.dtype
-    assert_matches(out, ref, torch.float32)
-    for name, g, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
-        assert_matches(g, r, torch.float32, what=name)
-    assert_unchanged(x, x_before)
+    _check(case, torch.float32, backend)
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
 @pytest.mark.parametrize("case", ["net_conv1", "stride_1x2_pad_2x1_dil2", "groups2", "wide_channels"])
 def test_conv2d_low_precision_within_twice_stock_error(case, dtype, backend):
-    x, w, b, kwargs = _inputs(case, dtype)
-    out, grads, grad_out = _forward_backward(lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
-    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
-    stock, stock_grads, _ = _stock(x, w, b, kwargs, grad_out)
-    assert out.dtype == dtype
-    assert_matches(out, ref, dtype, stock)
-    for name, g, r, s in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads, stock_grads):
-        assert_matches(g, r, dtype, s, what=name)
+    _check(case, dtype, backend)
 
 
 @pytest.mark.parametrize("case", ["net_conv1", "stride2_pad1", "depthwise", "same_even_kernel"])
 def test_conv2d_channels_last_matches_reference_and_keeps_layout(case, backend):
-    x, w, b, kwargs = _inputs(case, torch.float32, channels_last=True)
-    out, grads, grad_out = _forward_backward(lambda *a, **k: cf.conv2d(*a, **k, backend=backend), x, w, b, kwargs)
-    ref, ref_grads, _ = _reference(x, w, b, kwargs, grad_out)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert_matches(out, ref, torch.float32)
-    for g, r in zip(grads, ref_grads):
-        assert_matches(g, r, torch.float32)
+    _check(case, torch.float32, backend, channels_last=True)
 
 
 def test_conv2d_unbatched_input_gives_unbatched_output(backend):

@@ -29,8 +29,8 @@ CASES = {
 }
 
 
-def _inputs(case, dtype, channels_last=False):
-    x_shape, w_shape, conv, pool = CASES[case]
+def _inputs(case, dtype, channels_last=False, cases=CASES):
+    x_shape, w_shape, conv, pool = cases[case]
     conv = dict(conv)
     has_bias = conv.pop("bias", True)
     x = rand(*x_shape, dtype=dtype, channels_last=channels_last, requires_grad=True)
@@ -77,8 +77,8 @@ def _routed_reference(x, w, b, conv, pos, geometry, grad_out):
     return y.detach(), (n, k, ph, pw, keep, oh, ow), grads
 
 
-def _check(case, dtype, backend, channels_last=False):
-    x, w, b, conv, pool = _inputs(case, dtype, channels_last)
+def _check(case, dtype, backend, channels_last=False, cases=CASES):
+    x, w, b, conv, pool = _inputs(case, dtype, channels_last, cases)
     x_before = x.detach().clone()
     out = cf.conv_relu_maxpool2d(x, w, b, **conv, **pool, backend=backend)
     y64 = F.conv2d(*[None if t is None else t.detach().double() for t in (x, w, b)], **conv)

@@ -12,19 +12,11 @@ namespace {
 
 void conv2d_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                const at::Tensor& out) {
-  const char* op = "conv2d_fwd_kernel";
-  check_float(x, op, "input");
-  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
-  ConvGeom g = conv_geom(op, x, weight, stride, padding, dilation, groups, out.size(2), out.size(3));
-  check_out(out, x, op, "out", {g.N, g.K, g.OH, g.OW});
+                bool /*allow_tf32*/, const at::Tensor& out) {
+  const ConvGeom g = check_conv2d_fwd(x, weight, bias, stride, padding, dilation, groups, out);
   if (out.numel() == 0) return;
   const at::Tensor xf = as_float(x), wf = as_float(weight).contiguous();
-  at::Tensor bf;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.K, op, ": bias must have shape [", g.K, "]");
-    bf = as_float(*bias).contiguous();
-  }
+  const at::Tensor bf = bias.has_value() ? as_float(*bias).contiguous() : at::Tensor();
   FloatOut y(out);
   ConvFwdArgs a;
   a.x = view4(xf);
@@ -38,13 +30,10 @@ void conv2d_fwd(const at::Tensor& x, const at::Tensor& weight, const std::option
 }
 
 void conv2d_input_grad(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const at::Tensor& out) {
-  const char* op = "conv2d_input_grad_kernel";
-  check_float(grad, op, "grad");
-  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool /*allow_tf32*/,
+                       const at::Tensor& out) {
   // The geometry of the forward conv this is the gradient of: input `out`, output `grad`.
-  ConvGeom f = conv_geom(op, out, weight, stride, padding, dilation, groups, grad.size(2), grad.size(3));
-  check_out(grad, out, op, "grad", {f.N, f.K, f.OH, f.OW});
+  const ConvGeom f = check_conv2d_input_grad(grad, weight, stride, padding, dilation, groups, out);
   if (out.numel() == 0) return;
   const int64_t G = groups, Kg = f.Kg(), Cg = f.Cg();
   // wt[g*Cg + c][k][R-1-r][S-1-s] = w[g*Kg + k][c][r][s]
@@ -73,12 +62,8 @@ void conv2d_input_grad(const at::Tensor& grad, const at::Tensor& weight, at::Int
 }
 
 void conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArrayRef stride, at::IntArrayRef padding,
-                        at::IntArrayRef dilation, int64_t groups, const at::Tensor& out) {
-  const char* op = "conv2d_weight_grad_kernel";
-  check_float(x, op, "input");
-  check_float(grad, op, "grad");
-  ConvGeom g = conv_geom(op, x, out, stride, padding, dilation, groups, grad.size(2), grad.size(3));
-  check_out(grad, x, op, "grad", {g.N, g.K, g.OH, g.OW});
+                        at::IntArrayRef dilation, int64_t groups, bool /*allow_tf32*/, const at::Tensor& out) {
+  const ConvGeom g = check_conv2d_weight_grad(x, grad, stride, padding, dilation, groups, out);
   if (out.numel() == 0) return;
   at::Tensor gw = at::empty(out.sizes(), out.options().dtype(at::kFloat));
   if (g.N == 0 || g.OH == 0 || g.OW == 0) {
@@ -98,10 +83,7 @@ void conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArra
 // gb[k] = sum over n, oh, ow of dy[n, k, oh, ow]: one channel per task, 8 running partial sums
 // (vectorised) combined in a fixed order; bit-for-bit repeatable.
 void conv2d_bias_grad(const at::Tensor& grad, const at::Tensor& out) {
-  const char* op = "conv2d_bias_grad_kernel";
-  check_float(grad, op, "grad");
-  TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D");
-  check_out(out, grad, op, "out", {grad.size(1)});
+  check_conv2d_bias_grad(grad, out);
   const int64_t N = grad.size(0), K = grad.size(1), P = grad.size(2) * grad.size(3);
   const at::Tensor gf = as_float(grad).permute({1, 0, 2, 3}).reshape({K, N, P});  // copies unless NCHW
   const float* src = gf.data_ptr<float>();

@@ -19,30 +19,15 @@ namespace {
 void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                at::IntArrayRef conv_out_size, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
-               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, const at::Tensor& out,
-               const std::optional<at::Tensor>& pos) {
-  const char* op = "conv_relu_maxpool2d_fwd_kernel";
-  check_float(x, op, "input");
-  TORCH_CHECK(conv_out_size.size() == 2, op, ": conv_out_size must have 2 elements");
-  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
-  ConvGeom g = conv_geom(op, x, weight, stride, padding, dilation, groups, conv_out_size[0], conv_out_size[1]);
-  PoolGeom p = pool_geom(op, g.OH, g.OW, out.size(2), out.size(3), pool_kernel, pool_stride, pool_padding,
-                         pool_dilation);
-  check_out(out, x, op, "out", {g.N, g.K, p.OH, p.OW});
-  if (pos.has_value()) {
-    check_out(*pos, x, op, "pos", {g.N, g.K, p.OH, p.OW});
-    const auto d = pos->scalar_type();
-    TORCH_CHECK(d == at::kChar || d == at::kShort || d == at::kInt, op, ": pos must be int8, int16 or int32");
-    TORCH_CHECK(p.kh * p.kw <= (d == at::kChar ? 127 : d == at::kShort ? 32767 : INT32_MAX), op,
-                ": pos dtype too narrow for a ", p.kh, "x", p.kw, " window");
-  }
+               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool /*allow_tf32*/,
+               const at::Tensor& out, const std::optional<at::Tensor>& pos) {
+  const auto geom = check_fused_fwd(x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel,
+                                    pool_stride, pool_padding, pool_dilation, out, pos);
+  const ConvGeom g = geom.first;
+  const PoolGeom p = geom.second;
   if (out.numel() == 0) return;
   const at::Tensor xf = as_float(x), wf = as_float(weight).contiguous();
-  at::Tensor bf;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.K, op, ": bias must have shape [", g.K, "]");
-    bf = as_float(*bias).contiguous();
-  }
+  const at::Tensor bf = bias.has_value() ? as_float(*bias).contiguous() : at::Tensor();
   FloatOut y(out);
   FusedFwdArgs f;
   f.conv.x = view4(xf);
@@ -143,11 +128,8 @@ void unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_
 // gradient to exactly one conv output): conv2d_bias_grad_kernel's arithmetic on the masked grad, one
 // channel per task, 8 running partial sums combined in a fixed order; bit-for-bit repeatable.
 void bias_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& out) {
-  const char* op = "conv_relu_maxpool2d_bias_grad_kernel";
-  check_tensor(grad, grad, op, "grad", 4);
+  check_fused_bias_grad(grad, pos, out);
   const int64_t N = grad.size(0), K = grad.size(1), PH = grad.size(2), PW = grad.size(3);
-  check_out(pos, grad, op, "pos", {N, K, PH, PW});
-  check_out(out, grad, op, "out", {K});
   if (K == 0) return;
   at::Tensor res = at::empty({K}, out.options().dtype(at::kFloat));
   float* dst = res.data_ptr<float>();

@@ -1,0 +1,120 @@
+// The block-program emulator: runs a CUDA kernel of cnnfast (a block program, program.h) on the CPU,
+// every block, every thread, barrier by barrier, on CPU tensors. It backs the "emulated_cuda" backend,
+// through which the test suite checks the CUDA kernels' logic without a GPU.
+//
+// What it checks: everything a program computes (index math, tiling, shared-memory layout, masking,
+// epilogues, split-K order), and that no thread reads shared memory it was never given (shared
+// memory starts as NaN each block). What it cannot: the memory model (a missing barrier inside a
+// hook), warp-level hardware behaviour, and launch limits, all of which need a GPU run.
+// Tensor-core instructions are replaced by EmulatedTensorCore, which follows their arithmetic
+// contract: 16-bit operands exact, TF32 operands rounded to nearest (ties away), float32 sums.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "warp_mma.h"
+#include "program.h"
+
+namespace cnnfast {
+namespace cuda {
+
+template <typename T>
+struct EmulatedTensorCore {
+  static constexpr const char* kName = "tensor_core";
+  using Elem = T;
+  static constexpr int kK = sizeof(T) == 2 ? 16 : 8;
+  static constexpr bool kCollective = true;
+  struct Acc {
+    float v[kWarpTile][kWarpTile];  // the warp's whole tile, [m][n]
+  };
+  static float operand(T v) {
+    if constexpr (sizeof(T) == 4) {
+      return round_tf32(v);
+    } else {
+      return static_cast<float>(v);
+    }
+  }
+  static void zero(Acc& acc) { std::memset(acc.v, 0, sizeof(acc.v)); }
+  static void step(Acc& acc, const T* As, int lda, const T* Bs, int ldb, int m0, int n0, int bk, int) {
+    for (int k = 0; k < bk; ++k)
+      for (int m = 0; m < kWarpTile; ++m) {
+        const float av = operand(As[k * lda + m0 + m]);
+        for (int n = 0; n < kWarpTile; ++n) acc.v[m][n] += av * operand(Bs[k * ldb + n0 + n]);
+      }
+  }
+  static void store(float* Cs, int ldc, const Acc& acc, int m0, int n0, int) {
+    for (int n = 0; n < kWarpTile; ++n)
+      for (int m = 0; m < kWarpTile; ++m) Cs[(n0 + n) * ldc + m0 + m] = acc.v[m][n];
+  }
+};
+
+// Runs every block of `prog`; blocks are independent, so they are spread over the CPU threads.
+template <class P>
+void emulate(const P& prog) {
+  const Grid grid = prog.grid();
+  const int64_t blocks = grid.x * grid.y * grid.z;
+  const size_t words = (prog.smem_bytes() + 3) / 4 + 32;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> mem(words);
+    std::vector<typename P::Thread> th(P::kThreads);
+    // 128-byte aligned, as the device's dynamic shared memory is.
+    void* smem = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(mem.data()) + 127) & ~uintptr_t(127));
+    const int warps = (P::kThreads + 31) / 32;
+    const int lanes = P::kWarpCollective ? 1 : 32;
+    for (int64_t i = begin; i < end; ++i) {
+      const Block b{static_cast<idx>(i % grid.x), static_cast<idx>((i / grid.x) % grid.y),
+                    static_cast<idx>(i / (grid.x * grid.y))};
+      std::fill(mem.begin(), mem.end(), std::numeric_limits<float>::quiet_NaN());
+      for (int t = 0; t < P::kThreads; ++t) {
+        th[t] = typename P::Thread{};
+        prog.begin(th[t], t, b);
+      }
+      const int steps = prog.steps(b);
+      for (int s = 0; s < steps; ++s) {
+        for (int t = 0; t < P::kThreads; ++t) prog.stage(smem, th[t], t, b, s);
+        for (int t = 0; t < P::kThreads; ++t) prog.compute(smem, th[t], t, b, s);
+        for (int w = 0; w < warps; ++w)
+          for (int l = 0; l < lanes && w * 32 + l < P::kThreads; ++l) prog.warp_compute(smem, th[w * 32 + l], w, l, b, s);
+      }
+      for (int w = 0; w < warps; ++w)
+        for (int l = 0; l < lanes && w * 32 + l < P::kThreads; ++l) prog.warp_finish(smem, th[w * 32 + l], w, l, b);
+      for (int t = 0; t < P::kThreads; ++t) prog.store(smem, th[t], t, b);
+    }
+  });
+}
+
+// What the emulator ran since the log was last taken: one describe() line per launch, for the tests
+// to check which programs a shape takes.
+inline std::vector<std::string>& launch_log() {
+  static std::vector<std::string> log;
+  return log;
+}
+inline std::mutex& launch_log_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+// The execution context the op glue (ops_impl.h) is written against, for the emulator.
+struct EmulatorExec {
+  explicit EmulatorExec(const at::Device&) {}
+  template <class P>
+  void launch(const P& prog) const {
+    {
+      const std::lock_guard<std::mutex> lock(launch_log_mutex());
+      launch_log().push_back(prog.describe());
+    }
+    emulate(prog);
+  }
+  bool tensor_cores() const { return true; }
+  template <typename T>
+  using TensorCore = EmulatedTensorCore<T>;
+};
+
+}  // namespace cuda
+}  // namespace cnnfast
