@@ -74,6 +74,8 @@ if ! "$PY" -c 'import cnnfast.kernels, cnnfast.bench' 2>/dev/null; then
 fi
 "$PY" -c 'import cnnfast; print("cnnfast backends on cuda:", cnnfast.backends.available("cuda"))' 2>&1 \
   | tee -a "$SUMMARY"
+# Registers and spills of the extension's CUDA kernels as built here (cuobjdump; seconds).
+"$PY" -m cnnfast.bench.cuda_kernels 2>&1 | grep -E 'sm_90|kernels;' >>"$SUMMARY"
 if wants tests; then
   phase tests 200 $((BENCH_MIN + 60)) "$OUT/build-and-test.log" \
     "$PY" -m pytest -q -p no:cacheprovider --durations=10 -rfE --rootdir "$REPO" "$REPO/tests"

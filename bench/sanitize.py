@@ -1,8 +1,9 @@
 """A few small kernel calls, forward and backward, of every cnnfast GPU backend, for compute-sanitizer to
 watch (memcheck, racecheck): ``compute-sanitizer --tool memcheck python -m cnnfast.bench.sanitize``.
 
-Odd sizes (5 channels in, 7 out, 13×11 images) so that every tile has masked edges; NCHW and
-channels_last; float32 and bfloat16. Each result is compared loosely with stock PyTorch (the test suite
+Odd sizes (5 channels in, 7 out, 13×11 images) so that every tile has masked edges, and 40 in, 36 out
+for the wide-layer kernels (the extension's implicit GEMM on tensor cores); NCHW and channels_last;
+float32 and bfloat16. Each result is compared loosely with stock PyTorch (the test suite
 judges precision; this only makes sure the calls did real work). Exits 1 if any call fails.
 """
 import sys
@@ -29,12 +30,14 @@ def main():
     failures = calls = 0
     for backend in names:
         for dtype in (torch.float32, torch.bfloat16):
-            for fmt in (torch.contiguous_format, torch.channels_last):
+            for fmt, (c, k) in ((torch.contiguous_format, (5, 7)), (torch.channels_last, (5, 7)),
+                                (torch.contiguous_format, (40, 36)), (torch.channels_last, (40, 36))):
                 torch.manual_seed(0)
-                x = torch.randn(2, 5, 13, 11, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
-                w = (torch.randn(7, 5, 3, 3, device="cuda") / 6).to(dtype).contiguous(memory_format=fmt)
-                b = torch.randn(7, device="cuda", dtype=dtype)
+                x = torch.randn(2, c, 13, 11, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+                w = (torch.randn(k, c, 3, 3, device="cuda") / (3 * c) ** 0.5).to(dtype).contiguous(memory_format=fmt)
+                b = torch.randn(k, device="cuda", dtype=dtype)
                 for name, call in CALLS.items():
+                    name = f"{name} {c}->{k}"
                     inputs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
                     refs = [t.detach().float().requires_grad_() for t in (x, w, b)]
                     try:
@@ -53,7 +56,7 @@ def main():
                         status = f"FAILED {type(e).__name__}: {e}"
                     calls += 1
                     layout = "channels_last" if fmt is torch.channels_last else "nchw"
-                    print(f"{backend:7s} {str(dtype)[6:]:9s} {layout:13s} {name:22s} {status}", flush=True)
+                    print(f"{backend:7s} {str(dtype)[6:]:9s} {layout:13s} {name:30s} {status}", flush=True)
     print(f"sanitize: {calls} calls on backends {names or 'none'} ({failures} failed)")
     return 1 if failures or not names else 0
 
