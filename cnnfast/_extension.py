@@ -27,7 +27,8 @@ __all__ = [
 
 _OP_NAMES = ("conv2d_fwd_kernel", "conv2d_input_grad_kernel", "conv2d_weight_grad_kernel", "conv2d_bias_grad_kernel",
              "max_pool2d_fwd_kernel", "max_pool2d_bwd_kernel", "conv_relu_maxpool2d_fwd_kernel",
-             "conv_relu_maxpool2d_unpool_kernel", "conv_relu_maxpool2d_bias_grad_kernel")
+             "conv_relu_maxpool2d_input_grad_kernel", "conv_relu_maxpool2d_weight_grad_kernel",
+             "conv_relu_maxpool2d_bias_grad_kernel")
 
 # The C++ ops write their (mutable) outputs and return nothing: the fake kernels have nothing to do.
 for _name in _OP_NAMES:
@@ -57,38 +58,41 @@ class Launchers:
                                         bool(allow_tf32), y)
         return y
 
-    def _unpool(self, pool, dtype=torch.float32):
-        """dy (N, K, OH, OW), float32, rebuilt from ``pool`` = (grad_pooled, pos, kernel, stride, padding,
-        dilation, conv_out_size)."""
-        grad_pooled, pos, pk, ps, pp, pd, (oh, ow) = pool
-        dy = torch.empty((grad_pooled.shape[0], grad_pooled.shape[1], oh, ow), dtype=dtype, device=grad_pooled.device)
-        if dy.numel():
-            self._ops.conv_relu_maxpool2d_unpool_kernel(grad_pooled, pos, _l(pk), _l(ps), _l(pp), _l(pd), dy)
-        return dy
-
     def conv2d_input_grad(self, grad_out, weight, input_size, stride, padding, dilation, groups, *,
                           channels_last=False, allow_tf32=False, config=None, pool=None):
-        """Gradient of conv2d with respect to its input: see ``cnnfast.kernels.conv2d.conv2d_input_grad``."""
+        """Gradient of conv2d with respect to its input: see ``cnnfast.kernels.conv2d.conv2d_input_grad``.
+        With ``pool`` = (grad_pooled, pos, kernel, stride, padding, dilation, conv_out_size), the fused
+        op's: the conv-output gradient is rebuilt from (grad_pooled, pos) inside the kernels."""
+        source = grad_out if pool is None else pool[0]
         dtype = grad_out.dtype if pool is None else weight.dtype
-        if pool is not None:
-            grad_out = self._unpool(pool)
-        gi = new_empty((grad_out.shape[0], groups * weight.shape[1], *input_size), dtype=dtype, device=weight.device,
+        gi = new_empty((source.shape[0], groups * weight.shape[1], *input_size), dtype=dtype, device=weight.device,
                        channels_last=channels_last)
-        if gi.numel():
-            self._ops.conv2d_input_grad_kernel(grad_out, weight, _l(stride), _l(padding), _l(dilation), groups,
-                                               bool(allow_tf32), gi)
+        if not gi.numel():
+            return gi
+        conv = (_l(stride), _l(padding), _l(dilation), groups)
+        if pool is None:
+            self._ops.conv2d_input_grad_kernel(grad_out, weight, *conv, bool(allow_tf32), gi)
+        else:
+            grad_pooled, pos, pk, ps, pp, pd, conv_out = pool
+            self._ops.conv_relu_maxpool2d_input_grad_kernel(grad_pooled, pos, weight, *conv, _l(conv_out), _l(pk),
+                                                            _l(ps), _l(pp), _l(pd), bool(allow_tf32), gi)
         return gi
 
     def conv2d_weight_grad(self, x, grad_out, weight_size, stride, padding, dilation, groups, *,
                            channels_last=False, allow_tf32=False, config=None, pool=None):
-        """Gradient of conv2d with respect to its weight: see ``cnnfast.kernels.conv2d.conv2d_weight_grad``.
-        Split in fixed chunks and reduced in order: bit-for-bit repeatable."""
-        if pool is not None:
-            grad_out = self._unpool(pool)
+        """Gradient of conv2d with respect to its weight: see ``cnnfast.kernels.conv2d.conv2d_weight_grad``
+        (``pool`` as for the input gradient). Split in fixed chunks and reduced in order: bit-for-bit
+        repeatable."""
         gw = new_empty(tuple(weight_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
-        if gw.numel():
-            self._ops.conv2d_weight_grad_kernel(x, grad_out, _l(stride), _l(padding), _l(dilation), groups,
-                                                bool(allow_tf32), gw)
+        if not gw.numel():
+            return gw
+        conv = (_l(stride), _l(padding), _l(dilation), groups)
+        if pool is None:
+            self._ops.conv2d_weight_grad_kernel(x, grad_out, *conv, bool(allow_tf32), gw)
+        else:
+            grad_pooled, pos, pk, ps, pp, pd, conv_out = pool
+            self._ops.conv_relu_maxpool2d_weight_grad_kernel(x, grad_pooled, pos, *conv, _l(conv_out), _l(pk),
+                                                             _l(ps), _l(pp), _l(pd), bool(allow_tf32), gw)
         return gw
 
     def conv2d_bias_grad(self, grad_out, *, pool=None, config=None):
@@ -150,22 +154,17 @@ class Launchers:
                                      conv_out_size, pool_kernel, pool_stride, pool_padding, pool_dilation, *,
                                      needs=(True, True, True), channels_last=False, allow_tf32=False):
         """Gradients ``(grad_x, grad_weight, grad_bias)`` of the fused op: see
-        ``cnnfast.kernels.conv_relu_maxpool2d``. The conv-output gradient is rebuilt from (grad_out, pos)
-        by a gather into a temporary that lives only during this call (it is never saved for backward)."""
+        ``cnnfast.kernels.conv_relu_maxpool2d``. The conv-output gradient is never returned or saved: the
+        kernels rebuild it from (grad_out, pos)."""
         pool = (grad_out, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, conv_out_size)
+        geometry = (stride, padding, dilation, groups)
         grad_x = grad_w = grad_b = None
-        dy = self._unpool(pool) if needs[0] or needs[1] else None
         if needs[0]:
-            grad_x = new_empty(tuple(x.shape), dtype=grad_out.dtype, device=x.device, channels_last=channels_last)
-            if grad_x.numel():
-                self._ops.conv2d_input_grad_kernel(dy, weight, _l(stride), _l(padding), _l(dilation), groups,
-                                                   bool(allow_tf32), grad_x)
+            grad_x = self.conv2d_input_grad(None, weight, tuple(x.shape[2:]), *geometry, channels_last=channels_last,
+                                            allow_tf32=allow_tf32, pool=pool)
         if needs[1]:
-            grad_w = new_empty(tuple(weight.shape), dtype=grad_out.dtype, device=x.device,
-                               channels_last=channels_last)
-            if grad_w.numel():
-                self._ops.conv2d_weight_grad_kernel(x, dy, _l(stride), _l(padding), _l(dilation), groups,
-                                                    bool(allow_tf32), grad_w)
+            grad_w = self.conv2d_weight_grad(x, None, tuple(weight.shape), *geometry, channels_last=channels_last,
+                                             allow_tf32=allow_tf32, pool=pool)
         if needs[2]:
             grad_b = self.conv2d_bias_grad(None, pool=pool)
         return grad_x, grad_w, grad_b

@@ -29,9 +29,15 @@ TORCH_LIBRARY_FRAGMENT(cnnfast, m) {
   m.def("conv_relu_maxpool2d_fwd_kernel(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups, int[] conv_out_size, int[] pool_kernel, int[] pool_stride, "
         "int[] pool_padding, int[] pool_dilation, bool allow_tf32, Tensor(a!) out, Tensor(b!)? pos) -> ()");
-  m.def("conv_relu_maxpool2d_unpool_kernel(Tensor grad, Tensor pos, int[] pool_kernel, int[] pool_stride, "
-        "int[] pool_padding, int[] pool_dilation, Tensor(a!) out) -> ()");
-  // The fused op's bias gradient: the sum over the pooled gradient where pos >= 0.
+  // The fused op's gradients from the pooled gradient and the window positions (the conv-output
+  // gradient is rebuilt inside, never returned).
+  m.def("conv_relu_maxpool2d_input_grad_kernel(Tensor grad, Tensor pos, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation, int groups, int[] conv_out_size, int[] pool_kernel, int[] pool_stride, int[] pool_padding, "
+        "int[] pool_dilation, bool allow_tf32, Tensor(a!) out) -> ()");
+  m.def("conv_relu_maxpool2d_weight_grad_kernel(Tensor x, Tensor grad, Tensor pos, int[] stride, int[] padding, "
+        "int[] dilation, int groups, int[] conv_out_size, int[] pool_kernel, int[] pool_stride, int[] pool_padding, "
+        "int[] pool_dilation, bool allow_tf32, Tensor(a!) out) -> ()");
+  // The fused op's bias gradient: the sum of the pooled gradient where pos >= 0.
   m.def("conv_relu_maxpool2d_bias_grad_kernel(Tensor grad, Tensor pos, Tensor(a!) out) -> ()");
 }
 

@@ -147,6 +147,24 @@ inline std::pair<ConvGeom, PoolGeom> check_fused_fwd(
   return {g, p};
 }
 
+// The fused op's input / weight gradient: the forward conv of `input` (N, C, H, W) and `weight` with
+// output conv_out_size, the pool over it that produced `grad`, and the window positions `pos`.
+inline std::pair<ConvGeom, PoolGeom> check_fused_grad(
+    const char* op, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& grad, const at::Tensor& pos,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef conv_out_size, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
+    at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
+  check_float(grad, op, "grad");
+  check_tensor(grad, input, op, "grad", 4);
+  TORCH_CHECK(conv_out_size.size() == 2, op, ": conv_out_size must have 2 elements");
+  const ConvGeom g = conv_geom(op, input, weight, stride, padding, dilation, groups, conv_out_size[0], conv_out_size[1]);
+  const PoolGeom p = pool_geom(op, g.OH, g.OW, grad.size(2), grad.size(3), pool_kernel, pool_stride, pool_padding,
+                               pool_dilation);
+  check_out(grad, input, op, "grad", {g.N, g.K, p.OH, p.OW});
+  check_pos(pos, input, op, {g.N, g.K, p.OH, p.OW}, p.kh * p.kw);
+  return {g, p};
+}
+
 inline void check_fused_bias_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& out) {
   const char* op = "conv_relu_maxpool2d_bias_grad_kernel";
   check_float(grad, op, "grad");
@@ -181,19 +199,6 @@ inline PoolGeom check_max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& i
                                dilation);
   check_out(grad, out, op, "grad", {out.size(0), out.size(1), p.OH, p.OW});
   check_out(indices, out, op, "indices", {out.size(0), out.size(1), p.OH, p.OW});
-  return p;
-}
-
-inline PoolGeom check_unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_kernel,
-                             at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation,
-                             const at::Tensor& out) {
-  const char* op = "conv_relu_maxpool2d_unpool_kernel";
-  check_tensor(grad, grad, op, "grad", 4);
-  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
-  const PoolGeom p = pool_geom(op, out.size(2), out.size(3), grad.size(2), grad.size(3), pool_kernel, pool_stride,
-                               pool_padding, pool_dilation);
-  check_out(grad, out, op, "grad", {out.size(0), out.size(1), p.OH, p.OW});
-  check_pos(pos, out, op, {out.size(0), out.size(1), p.OH, p.OW}, p.kh * p.kw);
   return p;
 }
 

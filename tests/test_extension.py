@@ -33,7 +33,11 @@ def _op_samples():
     fused = (x, w, b, *conv[:4], [7, 6], *pool, False)
     yield ops.conv_relu_maxpool2d_fwd_kernel, (*fused, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
     ops.conv_relu_maxpool2d_fwd_kernel(*fused, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
-    yield ops.conv_relu_maxpool2d_unpool_kernel, (rand(2, 4, 3, 3), pos, *pool, torch.empty(2, 4, 7, 6, device=DEVICE))
+    gp = rand(2, 4, 3, 3)
+    yield ops.conv_relu_maxpool2d_input_grad_kernel, (gp, pos, w, *conv[:4], [7, 6], *pool, False,
+                                                      torch.empty(2, 3, 7, 6, device=DEVICE))
+    yield ops.conv_relu_maxpool2d_weight_grad_kernel, (x, gp, pos, *conv[:4], [7, 6], *pool, False,
+                                                       torch.empty(4, 3, 3, 3, device=DEVICE))
     yield ops.conv_relu_maxpool2d_bias_grad_kernel, (rand(2, 4, 3, 3), pos, torch.empty(4, device=DEVICE))
 
 

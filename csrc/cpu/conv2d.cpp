@@ -1,6 +1,7 @@
 // conv2d on the CPU: forward, input gradient (a forward convolution of the zero-upsampled dy with the
 // flipped, transposed weight), weight gradient (split over fixed batch chunks, reduced in order) and
 // bias gradient. The arithmetic is engine.h's; this file converts dtypes and fills the arguments.
+// input_grad and weight_grad also serve the fused op, whose dy is an Unpooled (glue.h).
 #include <torch/library.h>
 
 #include "../ops.h"
@@ -8,6 +9,51 @@
 
 namespace cnnfast {
 namespace cpu {
+
+void input_grad(const ConvGeom& f, const View4& dy, const Unpooled* u, const at::Tensor& weight, const at::Tensor& out) {
+  const int64_t G = f.groups, Kg = f.Kg(), Cg = f.Cg();
+  // wt[g*Cg + c][k][R-1-r][S-1-s] = w[g*Kg + k][c][r][s]
+  const at::Tensor wt = as_float(weight).reshape({G, Kg, Cg, f.R, f.S}).transpose(1, 2).flip({3, 4})
+                            .reshape({G * Cg, Kg, f.R, f.S}).contiguous();
+  FloatOut y(out);
+  ConvFwdArgs a;
+  a.x = dy;
+  a.x_unpool = u;
+  a.Hx = f.OH, a.Wx = f.OW, a.up_h = f.sh, a.up_w = f.sw;
+  a.w = wt.data_ptr<float>();
+  a.bias = nullptr;
+  a.y = view4(y.f);
+  ConvGeom g;
+  g.N = f.N, g.C = f.K, g.H = (f.OH - 1) * f.sh + 1, g.W = (f.OW - 1) * f.sw + 1;
+  g.K = f.C, g.R = f.R, g.S = f.S, g.OH = f.H, g.OW = f.W, g.groups = G;
+  g.sh = 1, g.sw = 1, g.dh = f.dh, g.dw = f.dw;
+  g.ph = (f.R - 1) * f.dh - f.ph, g.pw = (f.S - 1) * f.dw - f.pw;  // may be negative: a crop
+  a.g = g;
+  if (f.OH == 0 || f.OW == 0) {
+    y.f.zero_();
+  } else {
+    conv_forward(a, parallel);
+  }
+  y.finish();
+}
+
+void weight_grad(const ConvGeom& g, const at::Tensor& x, const View4& dy, const Unpooled* u, const at::Tensor& out) {
+  at::Tensor gw = at::empty(out.sizes(), out.options().dtype(at::kFloat));
+  if (g.N == 0 || g.OH == 0 || g.OW == 0) {
+    gw.zero_();
+  } else {
+    const at::Tensor xf = as_float(x);
+    WeightGradArgs a;
+    a.x = view4(xf);
+    a.dy = dy;
+    a.dy_unpool = u;
+    a.gw = gw.data_ptr<float>();
+    a.g = g;
+    conv_weight_grad(a, parallel);
+  }
+  out.copy_(gw);
+}
+
 namespace {
 
 void conv2d_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -35,49 +81,16 @@ void conv2d_input_grad(const at::Tensor& grad, const at::Tensor& weight, at::Int
   // The geometry of the forward conv this is the gradient of: input `out`, output `grad`.
   const ConvGeom f = check_conv2d_input_grad(grad, weight, stride, padding, dilation, groups, out);
   if (out.numel() == 0) return;
-  const int64_t G = groups, Kg = f.Kg(), Cg = f.Cg();
-  // wt[g*Cg + c][k][R-1-r][S-1-s] = w[g*Kg + k][c][r][s]
-  const at::Tensor wt = as_float(weight).reshape({G, Kg, Cg, f.R, f.S}).transpose(1, 2).flip({3, 4})
-                            .reshape({G * Cg, Kg, f.R, f.S}).contiguous();
   const at::Tensor gf = as_float(grad);
-  FloatOut y(out);
-  ConvFwdArgs a;
-  a.x = view4(gf);
-  a.Hx = f.OH, a.Wx = f.OW, a.up_h = f.sh, a.up_w = f.sw;
-  a.w = wt.data_ptr<float>();
-  a.bias = nullptr;
-  a.y = view4(y.f);
-  ConvGeom g;
-  g.N = f.N, g.C = f.K, g.H = (f.OH - 1) * f.sh + 1, g.W = (f.OW - 1) * f.sw + 1;
-  g.K = f.C, g.R = f.R, g.S = f.S, g.OH = f.H, g.OW = f.W, g.groups = G;
-  g.sh = 1, g.sw = 1, g.dh = f.dh, g.dw = f.dw;
-  g.ph = (f.R - 1) * f.dh - f.ph, g.pw = (f.S - 1) * f.dw - f.pw;  // may be negative: a crop
-  a.g = g;
-  if (f.OH == 0 || f.OW == 0) {
-    y.f.zero_();
-  } else {
-    conv_forward(a, parallel);
-  }
-  y.finish();
+  input_grad(f, view4(gf), nullptr, weight, out);
 }
 
 void conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups, bool /*allow_tf32*/, const at::Tensor& out) {
   const ConvGeom g = check_conv2d_weight_grad(x, grad, stride, padding, dilation, groups, out);
   if (out.numel() == 0) return;
-  at::Tensor gw = at::empty(out.sizes(), out.options().dtype(at::kFloat));
-  if (g.N == 0 || g.OH == 0 || g.OW == 0) {
-    gw.zero_();
-  } else {
-    const at::Tensor xf = as_float(x), gf = as_float(grad);
-    WeightGradArgs a;
-    a.x = view4(xf);
-    a.dy = view4(gf);
-    a.gw = gw.data_ptr<float>();
-    a.g = g;
-    conv_weight_grad(a, parallel);
-  }
-  out.copy_(gw);
+  const at::Tensor gf = as_float(grad);
+  weight_grad(g, x, view4(gf), nullptr, out);
 }
 
 // gb[k] = sum over n, oh, ow of dy[n, k, oh, ow]: one channel per task, 8 running partial sums

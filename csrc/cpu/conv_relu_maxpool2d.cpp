@@ -1,12 +1,12 @@
 // The fused conv2d + bias + ReLU + max_pool2d on the CPU. Forward: engine.h's fused_body computes the
 // conv rows of each pool window into a row buffer and pools them there; only the pooled output and the
-// compact window position `pos` are written. Backward: `unpool` rebuilds the conv-output gradient
-// dy[n,k,oh,ow] from (grad, pos) as a gather (no atomics), which the conv2d gradient ops consume;
-// `bias_grad` sums the kept pooled gradients straight from (grad, pos).
+// compact window position `pos` are written. Backward: the conv2d gradients of conv2d.cpp, whose
+// engine rebuilds each row of the conv-output gradient from (grad, pos) where it packs it (engine.h's
+// unpool_row: a gather, no atomics), so that gradient never exists in memory; `bias_grad` sums the
+// kept pooled gradients straight from (grad, pos).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <vector>
 
 #include "../ops.h"
@@ -48,80 +48,55 @@ void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   y.finish();
 }
 
-// dy[n, k, oh, ow] (out: N, K, OH, OW) = sum over the pool windows holding (oh, ow) at tap (i, j) with
-// pos == i * pkw + j of grad[n, k, ph, pw].
-void unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
-            at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, const at::Tensor& out) {
-  const PoolGeom p = check_unpool(grad, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, out);
-  const int64_t N = out.size(0), K = out.size(1);
+// The fused op's conv-output gradient as the engine reads it: the pooled gradient (float32), pos,
+// and the cell offset of each window tap.
+struct UnpooledGrad {
+  at::Tensor grad_f;
+  std::vector<int64_t> tap_h, tap_w;
+  Unpooled u;
+  UnpooledGrad(const at::Tensor& grad, const at::Tensor& pos, const PoolGeom& p)
+      : grad_f(as_float(grad)), tap_h(p.kh * p.kw), tap_w(p.kh * p.kw) {
+    for (int64_t q = 0; q < p.kh * p.kw; ++q) {
+      tap_h[q] = (q / p.kw) * p.dh - p.ph;
+      tap_w[q] = (q % p.kw) * p.dw - p.pw;
+    }
+    u.grad = view4(grad_f);
+    u.pos = pos.data_ptr();
+    u.pos_bytes = static_cast<int>(pos.element_size());
+    u.ps0 = pos.stride(0), u.ps1 = pos.stride(1), u.ps2 = pos.stride(2), u.ps3 = pos.stride(3);
+    u.p = p;
+    u.tap_h = tap_h.data();
+    u.tap_w = tap_w.data();
+  }
+};
+
+// The input gradient: conv2d's, reading the conv-output gradient rebuilt from (grad, pos) row by row.
+void fused_input_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& weight, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
+                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+                      at::IntArrayRef pool_dilation, bool /*allow_tf32*/, const at::Tensor& out) {
+  const char* op = "conv_relu_maxpool2d_input_grad_kernel";
+  check_float(weight, op, "weight");
+  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
+  const auto geom = check_fused_grad(op, out, weight, grad, pos, stride, padding, dilation, groups, conv_out_size,
+                                     pool_kernel, pool_stride, pool_padding, pool_dilation);
   if (out.numel() == 0) return;
-  const bool disjoint = p.kh == p.sh && p.kw == p.sw && p.dh == 1 && p.dw == 1 && p.ph == 0 && p.pw == 0;
-  std::vector<int64_t> tap_i(disjoint ? p.kh * p.kw : 0), tap_j(disjoint ? p.kh * p.kw : 0);
-  for (int64_t q = 0; q < (int64_t)tap_i.size(); ++q) tap_i[q] = q / p.kw, tap_j[q] = q % p.kw;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "unpool", [&] {
-    using out_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "unpool_grad", [&] {
-      using grad_t = scalar_t;
-      AT_DISPATCH_INTEGRAL_TYPES(pos.scalar_type(), "unpool_pos", [&] {
-        using pos_t = scalar_t;
-        const grad_t* gp = grad.const_data_ptr<grad_t>();
-        const pos_t* pp = pos.const_data_ptr<pos_t>();
-        out_t* dst = out.data_ptr<out_t>();
-        const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
-        const int64_t ps0 = pos.stride(0), ps1 = pos.stride(1), ps2 = pos.stride(2), ps3 = pos.stride(3);
-        const int64_t os0 = out.stride(0), os1 = out.stride(1), os2 = out.stride(2), os3 = out.stride(3);
-        at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t nk = begin; nk < end; ++nk) {
-            const int64_t n = nk / K, k = nk % K;
-            const grad_t* g = gp + n * gs0 + k * gs1;
-            const pos_t* ps = pp + n * ps0 + k * ps1;
-            out_t* o = dst + n * os0 + k * os1;
-            if (disjoint) {
-              // Non-overlapping windows (the Net's 2x2 / 2): per pooled row, zero the conv rows of its
-              // windows, then write the chosen tap of each window (tap -> (i, j) from a table: no
-              // divisions in the loop); rows below the last window are zeros.
-              auto zero_row = [&](int64_t h) {
-                out_t* orow = o + h * os2;
-                if (os3 == 1) {
-                  std::memset(static_cast<void*>(orow), 0, sizeof(out_t) * p.W);
-                } else {
-                  for (int64_t w = 0; w < p.W; ++w) orow[w * os3] = out_t(0);
-                }
-              };
-              for (int64_t ph = 0; ph < p.OH; ++ph) {
-                const int64_t h0 = ph * p.sh;
-                for (int64_t i = 0; i < p.kh && h0 + i < p.H; ++i) zero_row(h0 + i);
-                const pos_t* prow = ps + ph * ps2;
-                const grad_t* grow = g + ph * gs2;
-                for (int64_t pw = 0; pw < p.OW; ++pw) {
-                  // Branch-free (kept and dropped cells are mixed at random): a dropped cell (pos -1)
-                  // writes its zero onto tap 0, which is zero already.
-                  const int64_t q0 = (int64_t)prow[pw * ps3];
-                  const bool keep = q0 >= 0 && q0 < p.kh * p.kw;
-                  const int64_t q = keep ? q0 : 0;
-                  const int64_t h = h0 + tap_i[q], w = pw * p.sw + tap_j[q];
-                  const float v = keep ? static_cast<float>(grow[pw * gs3]) : 0.f;
-                  if (h < p.H && w < p.W) o[h * os2 + w * os3] = static_cast<out_t>(v);
-                }
-              }
-              for (int64_t h = p.OH * p.sh; h < p.H; ++h) zero_row(h);
-              continue;
-            }
-            for (int64_t h = 0; h < p.H; ++h)
-              for (int64_t w = 0; w < p.W; ++w) {
-                const float v = pool_gather(
-                    p, h, w,
-                    [&](int64_t oh, int64_t ow, int64_t i, int64_t j) {
-                      return (int64_t)ps[oh * ps2 + ow * ps3] == i * p.kw + j;
-                    },
-                    [&](int64_t oh, int64_t ow) { return static_cast<float>(g[oh * gs2 + ow * gs3]); });
-                o[h * os2 + w * os3] = static_cast<out_t>(v);
-              }
-          }
-        });
-      });
-    });
-  });
+  const UnpooledGrad dy(grad, pos, geom.second);
+  input_grad(geom.first, dy.u.grad, &dy.u, weight, out);
+}
+
+// The weight gradient: conv2d's, likewise.
+void fused_weight_grad(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
+                       at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+                       at::IntArrayRef pool_dilation, bool /*allow_tf32*/, const at::Tensor& out) {
+  const char* op = "conv_relu_maxpool2d_weight_grad_kernel";
+  check_float(x, op, "input");
+  const auto geom = check_fused_grad(op, x, out, grad, pos, stride, padding, dilation, groups, conv_out_size,
+                                     pool_kernel, pool_stride, pool_padding, pool_dilation);
+  if (out.numel() == 0) return;
+  const UnpooledGrad dy(grad, pos, geom.second);
+  weight_grad(geom.first, x, dy.u.grad, &dy.u, out);
 }
 
 // gb[k] = sum over n, ph, pw of grad[n, k, ph, pw] where pos >= 0 (each kept pooled cell passes its
@@ -172,7 +147,8 @@ void bias_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
   m.impl("conv_relu_maxpool2d_fwd_kernel", &fused_fwd);
-  m.impl("conv_relu_maxpool2d_unpool_kernel", &unpool);
+  m.impl("conv_relu_maxpool2d_input_grad_kernel", &fused_input_grad);
+  m.impl("conv_relu_maxpool2d_weight_grad_kernel", &fused_weight_grad);
   m.impl("conv_relu_maxpool2d_bias_grad_kernel", &bias_grad);
 }
 

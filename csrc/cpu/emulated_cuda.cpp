@@ -72,12 +72,22 @@ void register_emulator(pybind11::module& parent) {
           impl::fused_fwd<EmulatorExec>(x, w, b, stride, padding, dilation, groups, conv_out_size, pool_kernel,
                                         pool_stride, pool_padding, pool_dilation, allow_tf32, out, pos);
         });
-  m.def("conv_relu_maxpool2d_unpool_kernel", [](const at::Tensor& grad, const at::Tensor& pos, Ints pool_kernel,
-                                                Ints pool_stride, Ints pool_padding, Ints pool_dilation,
-                                                const at::Tensor& out) {
-    check_cpu(grad);
-    impl::unpool<EmulatorExec>(grad, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, out);
-  });
+  m.def("conv_relu_maxpool2d_input_grad_kernel",
+        [](const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& w, Ints stride, Ints padding,
+           Ints dilation, int64_t groups, Ints conv_out_size, Ints pool_kernel, Ints pool_stride, Ints pool_padding,
+           Ints pool_dilation, bool allow_tf32, const at::Tensor& out) {
+          check_cpu(grad);
+          impl::fused_input_grad<EmulatorExec>(grad, pos, w, stride, padding, dilation, groups, conv_out_size,
+                                               pool_kernel, pool_stride, pool_padding, pool_dilation, allow_tf32, out);
+        });
+  m.def("conv_relu_maxpool2d_weight_grad_kernel",
+        [](const at::Tensor& x, const at::Tensor& grad, const at::Tensor& pos, Ints stride, Ints padding,
+           Ints dilation, int64_t groups, Ints conv_out_size, Ints pool_kernel, Ints pool_stride, Ints pool_padding,
+           Ints pool_dilation, bool allow_tf32, const at::Tensor& out) {
+          check_cpu(x);
+          impl::fused_weight_grad<EmulatorExec>(x, grad, pos, stride, padding, dilation, groups, conv_out_size,
+                                                pool_kernel, pool_stride, pool_padding, pool_dilation, allow_tf32, out);
+        });
   m.def("conv_relu_maxpool2d_bias_grad_kernel", [](const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& out) {
     check_cpu(grad);
     impl::fused_bias_grad<EmulatorExec>(grad, pos, out);

@@ -8,6 +8,10 @@
 
 #include "engine_api.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
+
 namespace cnnfast {
 namespace cpu {
 
@@ -30,9 +34,11 @@ namespace baseline {
 namespace avx2 {
 #define CNNFAST_V 8
 #define CNNFAST_ACC 12
+#define CNNFAST_AVX2 1
 #include "engine.h"
 #undef CNNFAST_V
 #undef CNNFAST_ACC
+#undef CNNFAST_AVX2
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop

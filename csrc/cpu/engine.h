@@ -28,6 +28,15 @@ static inline vf vsplat(float x) {
   vf v = {};
   return v + x;
 }
+// *p in every lane: one broadcast load. (GCC 12 turns a splat written with vector extensions into a
+// scalar add plus a register shuffle, or worse; the intrinsic gives vbroadcastss from memory.)
+static inline vf vbcast(const float* p) {
+#if CNNFAST_AVX2
+  return (vf)_mm256_broadcast_ss(p);
+#else
+  return vsplat(*p);
+#endif
+}
 static inline vf vload_strided(const float* p, int64_t st) {
   vf v;
   for (int i = 0; i < V; ++i) v[i] = p[i * st];
@@ -41,6 +50,7 @@ static inline float vsum(vf v) {
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static inline int64_t roundup(int64_t a, int64_t b) { return cdiv(a, b) * b; }
 
 // Scratch memory of one work item (64-byte aligned, freed on scope exit).
@@ -53,10 +63,71 @@ struct Scratch {
   float* f() const { return static_cast<float*>(p); }
 };
 
-// P[c][hp][wp] = xs(n, c0 + c, hp + h_org, wp + w_org), 0 outside the image, where xs is x
-// zero-upsampled by (uh, uw): xs(t_h, t_w) = x(t_h / uh, t_w / uw) when both divide, else 0.
-static void pack(const View4& x, int64_t n, int64_t c0, int64_t Cn, int64_t Hx, int64_t Wx, int64_t uh,
-                 int64_t uw, int64_t h_org, int64_t w_org, int64_t HP, int64_t WP, float* P) {
+// P[c][hp][wp] as pack() below, for the Unpooled u: zeros, then each pooled cell's gradient added at
+// the cell its window chose, visiting windows in ascending (ph, pw) order so that every element sums
+// as pool_gather would. One pass over the pooled cells, into a cache-resident scratch.
+template <class PosT>
+static void pack_unpooled(const Unpooled& u, int64_t n, int64_t c0, int64_t Cn, int64_t uh, int64_t uw,
+                          int64_t h_org, int64_t w_org, int64_t HP, int64_t WP, float* P) {
+  __builtin_memset(P, 0, sizeof(float) * Cn * HP * WP);
+  const PoolGeom& p = u.p;
+  const bool disjoint = p.kh == p.sh && p.kw == p.sw && p.dh == 1 && p.dw == 1 && p.ph == 0 && p.pw == 0;
+  if (disjoint && uh == 1 && uw == 1 && h_org <= 0 && w_org <= 0 && h_org + HP >= p.OH * p.sh &&
+      w_org + WP >= p.OW * p.sw && p.kh * p.kw <= 64) {
+    // Windows tile the image and P holds all of it (the Net's 2x2 / 2): each cell of dy is written by
+    // at most one window, so a store per pooled cell at a tabled offset, no bounds checks.
+    int64_t off[64];
+    for (int64_t t = 0; t < p.kh * p.kw; ++t) off[t] = (t / p.kw) * WP + t % p.kw;
+    for (int64_t c = 0; c < Cn; ++c) {
+      const float* g = u.grad.p + n * u.grad.s0 + (c0 + c) * u.grad.s1;
+      const PosT* q = static_cast<const PosT*>(u.pos) + n * u.ps0 + (c0 + c) * u.ps1;
+      float* dst = P + c * HP * WP - h_org * WP - w_org;
+      for (int64_t ph = 0; ph < p.OH; ++ph) {
+        const float* grow = g + ph * u.grad.s2;
+        const PosT* qrow = q + ph * u.ps2;
+        float* drow = dst + ph * p.sh * WP;
+        for (int64_t pw = 0; pw < p.OW; ++pw) {
+          const int64_t t0 = (int64_t)qrow[pw * u.ps3];
+          const bool keep = t0 >= 0;  // a dropped cell writes its zero at tap 0 (all its cells are 0)
+          drow[pw * p.sw + off[keep ? t0 : 0]] = keep ? grow[pw * u.grad.s3] : 0.f;
+        }
+      }
+    }
+    return;
+  }
+  // The pooled rows whose windows can reach dy rows [oh_lo, oh_hi], the rows these P rows show.
+  const int64_t oh_lo = h_org > 0 ? cdiv(h_org, uh) : 0, oh_hi = floordiv(h_org + HP - 1, uh);
+  const int64_t ph_lo = imax(0, floordiv(oh_lo + p.ph - (p.kh - 1) * p.dh, p.sh));
+  const int64_t ph_hi = imin(p.OH - 1, floordiv(oh_hi + p.ph, p.sh));
+  for (int64_t c = 0; c < Cn; ++c) {
+    const float* g = u.grad.p + n * u.grad.s0 + (c0 + c) * u.grad.s1;
+    const PosT* q = static_cast<const PosT*>(u.pos) + n * u.ps0 + (c0 + c) * u.ps1;
+    float* dst = P + c * HP * WP;
+    for (int64_t ph = ph_lo; ph <= ph_hi; ++ph)
+      for (int64_t pw = 0; pw < p.OW; ++pw) {
+        // Branch-free (ReLU drops cells at random): a dropped cell (pos -1) adds its zero at tap 0.
+        const int64_t t0 = (int64_t)q[ph * u.ps2 + pw * u.ps3];
+        const bool keep = t0 >= 0;
+        const int64_t t = keep ? t0 : 0;
+        const float v = keep ? g[ph * u.grad.s2 + pw * u.grad.s3] : 0.f;
+        const int64_t hp = (ph * p.sh + u.tap_h[t]) * uh - h_org, wp = (pw * p.sw + u.tap_w[t]) * uw - w_org;
+        if (hp >= 0 && hp < HP && wp >= 0 && wp < WP) dst[hp * WP + wp] += v;
+      }
+  }
+}
+
+// P[c][hp][wp] = xs(n, c0 + c, hp + h_org, wp + w_org), 0 outside the image, where xs is x (or the
+// Unpooled u, when given) zero-upsampled by (uh, uw): xs(t_h, t_w) = x(t_h / uh, t_w / uw) when both
+// divide, else 0.
+static void pack(const View4& x, const Unpooled* u, int64_t n, int64_t c0, int64_t Cn, int64_t Hx, int64_t Wx,
+                 int64_t uh, int64_t uw, int64_t h_org, int64_t w_org, int64_t HP, int64_t WP, float* P) {
+  if (u) {
+    switch (u->pos_bytes) {
+      case 1: return pack_unpooled<int8_t>(*u, n, c0, Cn, uh, uw, h_org, w_org, HP, WP, P);
+      case 2: return pack_unpooled<int16_t>(*u, n, c0, Cn, uh, uw, h_org, w_org, HP, WP, P);
+      default: return pack_unpooled<int32_t>(*u, n, c0, Cn, uh, uw, h_org, w_org, HP, WP, P);
+    }
+  }
   for (int64_t c = 0; c < Cn; ++c) {
     for (int64_t hp = 0; hp < HP; ++hp) {
       float* dst = P + (c * HP + hp) * WP;
@@ -125,7 +196,7 @@ static void conv_row(const float* P, int64_t HP, int64_t WP, int64_t Cn, int64_t
           for (int j = 0; j < NV; ++j) xv[j] = UNIT ? vload(px + j * V) : vload_strided(px + j * V * sw, sw);
 #pragma GCC unroll 8
           for (int k = 0; k < KB; ++k) {
-            const vf wv = vsplat(wk[s * KB + k]);
+            const vf wv = vbcast(wk + s * KB + k);
 #pragma GCC unroll 4
             for (int j = 0; j < NV; ++j) acc[k][j] += wv * xv[j];
           }
@@ -206,7 +277,7 @@ static void conv_rows_range(const RowPlan& pl, int64_t n, int64_t g_, int64_t oh
   const ConvGeom& g = a.g;
   const int64_t h_org = oh_lo * g.sh - g.ph;
   const int64_t HP = (oh_hi - oh_lo) * g.sh + (g.R - 1) * g.dh + 1;
-  pack(a.x, n, g_ * pl.Cg, pl.Cg, a.Hx, a.Wx, a.up_h, a.up_w, h_org, -g.pw, HP, pl.WP, P);
+  pack(a.x, a.x_unpool, n, g_ * pl.Cg, pl.Cg, a.Hx, a.Wx, a.up_h, a.up_w, h_org, -g.pw, HP, pl.WP, P);
   for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
     for (int64_t b = 0; b < pl.wp->nblk; ++b) {
       const int64_t k0 = b * 8;
@@ -338,7 +409,7 @@ static void fused_body(void* vctx, int64_t begin, int64_t end) {
       // Pack once per pooled row for the rows [lo, hi]; compute only the window rows.
       const int64_t h_org = lo * g.sh - g.ph;
       const int64_t HP = (hi - lo) * g.sh + (g.R - 1) * g.dh + 1;
-      pack(a.x, n, g_ * pl.Cg, pl.Cg, a.Hx, a.Wx, a.up_h, a.up_w, h_org, -g.pw, HP, pl.WP, P.f());
+      pack(a.x, a.x_unpool, n, g_ * pl.Cg, pl.Cg, a.Hx, a.Wx, a.up_h, a.up_w, h_org, -g.pw, HP, pl.WP, P.f());
       for (int64_t i = 0; i < p.kh; ++i) {
         const int64_t oh = oh0 + i * p.dh;
         if (oh < 0 || oh >= p.H) continue;
@@ -461,7 +532,7 @@ static void cvec_taps(const float* P, const int64_t* pix, const int64_t* toff, i
     for (int v = 0; v < KV; ++v) wv[v] = vload(w + i * Kg + v * V);
 #pragma GCC unroll 4
     for (int t = 0; t < TB; ++t) {
-      const vf xb = vsplat(pt[t][o]);
+      const vf xb = vbcast(pt[t] + o);
 #pragma GCC unroll 4
       for (int v = 0; v < KV; ++v) acc[t][v] += wv[v] * xb;
     }
@@ -514,7 +585,8 @@ static void cvec_body(void* vctx, int64_t begin, int64_t end) {
     const int64_t ph_lo = ch * cx.rows_per_chunk, ph_hi = imin(p.OH, ph_lo + cx.rows_per_chunk);
     const int64_t oh_lo = ph_lo * p.sh, oh_hi = (ph_hi - 1) * p.sh + (p.kh - 1) * p.dh;
     const int64_t HP = (oh_hi - oh_lo) * g.sh + (g.R - 1) * g.dh + 1;
-    pack(a.x, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP, P.f());
+    pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP,
+         P.f());
     for (int64_t c = 0; c < cx.Cg; ++c)
       for (int64_t r = 0; r < g.R; ++r)
         for (int64_t s = 0; s < g.S; ++s) to[(c * g.R + r) * g.S + s] = (c * HP + r * g.dh) * cx.WP + s * g.dw;
@@ -715,8 +787,8 @@ static void wgrad_body(void* vctx, int64_t begin, int64_t end) {
     for (int64_t i = 0; i < Kg * crs; ++i) out[i] = 0.f;
     const int64_t n_end = imin(g.N, (chunk + 1) * cx.per_chunk);
     for (int64_t n = chunk * cx.per_chunk; n < n_end; ++n) {
-      pack(a.x, n, g_ * Cg, Cg, g.H, g.W, 1, 1, -g.ph, -g.pw, HP, WP, P.f());
-      pack(a.dy, n, g_ * Kg, Kg, g.OH, g.OW, 1, 1, 0, 0, g.OH, OWp, D.f());
+      pack(a.x, nullptr, n, g_ * Cg, Cg, g.H, g.W, 1, 1, -g.ph, -g.pw, HP, WP, P.f());
+      pack(a.dy, a.dy_unpool, n, g_ * Kg, Kg, g.OH, g.OW, 1, 1, 0, 0, g.OH, OWp, D.f());
       const int64_t kbmax = wgrad_kb(Kg);
       for (int64_t k0 = 0; k0 < Kg; k0 += kbmax) {
         const int64_t kb = imin(kbmax, Kg - k0);

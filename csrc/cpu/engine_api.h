@@ -17,6 +17,20 @@ struct View4 {
   int64_t s0, s1, s2, s3;
 };
 
+// The conv-output gradient of the fused op, never stored: dy(n, k, h, w) is the sum, over the pool
+// windows (ph, pw) holding (h, w) at tap (i, j) with pos[n, k, ph, pw] == i * pkw + j, of
+// grad[n, k, ph, pw], in ascending (ph, pw) order (the gather order of geometry.h's pool_gather).
+// The engine rebuilds rows of it where it would have read them.
+struct Unpooled {
+  View4 grad;  // (N, K, PH, PW)
+  const void* pos;
+  int pos_bytes;
+  int64_t ps0, ps1, ps2, ps3;
+  PoolGeom p;              // p.H, p.W: dy's size; p.OH, p.OW: grad's
+  const int64_t* tap_h;    // per window tap q = i * kw + j: i * dh - ph and j * dw - pw, so that the
+  const int64_t* tap_w;    // cell chosen by window (ph, pw) is (ph * sh + tap_h[q], pw * sw + tap_w[q])
+};
+
 // Runs body(ctx, begin, end) over [0, count) on the thread pool.
 using Body = void (*)(void* ctx, int64_t begin, int64_t end);
 using ParallelFn = void (*)(int64_t count, void* ctx, Body body);
@@ -25,8 +39,10 @@ using ParallelFn = void (*)(int64_t count, void* ctx, Body body);
 // zero-upsampled input  xs[t] = x[t / up] if t % up == 0 (up = 1: x itself), of size
 // ((Hx-1)*up_h+1, (Wx-1)*up_w+1); this is how the input gradient runs as a forward convolution of dy.
 // Padding (g.ph, g.pw) may be negative. w: contiguous float (K, C/groups, R, S). bias: K floats or null.
+// x_unpool: read the input as that Unpooled (the fused op's input gradient) instead of x.
 struct ConvFwdArgs {
   View4 x;
+  const Unpooled* x_unpool = nullptr;
   int64_t Hx, Wx, up_h, up_w;
   const float* w;
   const float* bias;
@@ -48,9 +64,10 @@ struct FusedFwdArgs {
 
 // gw (contiguous float (K, C/groups, R, S)) = sum over n, oh, ow of dy[n,k,oh,ow] * x[...], split over
 // fixed chunks of the batch (a function of N only) and reduced in chunk order: bit-for-bit repeatable
-// whatever the number of threads.
+// whatever the number of threads. dy_unpool: read dy as that Unpooled (the fused op) instead of dy.
 struct WeightGradArgs {
   View4 x, dy;
+  const Unpooled* dy_unpool = nullptr;
   float* gw;
   ConvGeom g;
 };

@@ -31,5 +31,10 @@ inline void parallel(int64_t count, void* ctx, Body body) {
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) { body(ctx, begin, end); });
 }
 
+// The conv gradients (conv2d.cpp) of the conv with geometry f / g, from a dense float32 dy or, when
+// u is given, from the fused op's pooled gradient (dy then never exists): writes `out`.
+void input_grad(const ConvGeom& f, const View4& dy, const Unpooled* u, const at::Tensor& weight, const at::Tensor& out);
+void weight_grad(const ConvGeom& g, const at::Tensor& x, const View4& dy, const Unpooled* u, const at::Tensor& out);
+
 }  // namespace cpu
 }  // namespace cnnfast

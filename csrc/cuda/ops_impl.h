@@ -565,15 +565,13 @@ void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   });
 }
 
+// The fused op's conv-output gradient dy (N, K, OH, OW, float32) rebuilt from (grad, pos): a temporary
+// that lives for one gradient op (the programs' gathers would repeat the window scan per element).
 template <class Exec>
-void unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
-            at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, const at::Tensor& out) {
-  const char* op = "conv_relu_maxpool2d_unpool_kernel";
-  const PoolGeom p = check_unpool(grad, pos, pool_kernel, pool_stride, pool_padding, pool_dilation, out);
-  if (out.numel() == 0) return;
-  const Exec exec(out.device());
-  const int64_t N = out.size(0), K = out.size(1);
-  at::Tensor dy = out.scalar_type() == at::kFloat ? out : at::empty_like(out, out.options().dtype(at::kFloat));
+at::Tensor unpool(const Exec& exec, const char* op, const at::Tensor& grad, const at::Tensor& pos, const PoolGeom& p) {
+  const int64_t N = grad.size(0), K = grad.size(1);
+  at::Tensor dy = at::empty({N, K, p.H, p.W}, grad.options().dtype(at::kFloat));
+  if (dy.numel() == 0) return dy;
   const int64_t chunk = batch_chunk(op, N, K * std::max(p.H * p.W, p.OH * p.OW));
   CNNFAST_DISPATCH_FLOAT(grad.scalar_type(), "cnnfast_cuda_unpool", [&] {
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
@@ -587,7 +585,37 @@ void unpool(const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef pool_
       exec.launch(prog);
     }
   });
-  if (!dy.is_same(out)) out.copy_(dy);
+  return dy;
+}
+
+template <class Exec>
+void fused_input_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& weight, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
+                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+                      at::IntArrayRef pool_dilation, bool allow_tf32, const at::Tensor& out) {
+  const char* op = "conv_relu_maxpool2d_input_grad_kernel";
+  check_float(weight, op, "weight");
+  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
+  const auto geom = check_fused_grad(op, out, weight, grad, pos, stride, padding, dilation, groups, conv_out_size,
+                                     pool_kernel, pool_stride, pool_padding, pool_dilation);
+  if (out.numel() == 0) return;
+  const Exec exec(out.device());
+  const at::Tensor dy = unpool(exec, op, grad, pos, geom.second);
+  conv2d_input_grad<Exec>(dy, weight, stride, padding, dilation, groups, allow_tf32, out);
+}
+
+template <class Exec>
+void fused_weight_grad(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
+                       at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+                       at::IntArrayRef pool_dilation, bool allow_tf32, const at::Tensor& out) {
+  const char* op = "conv_relu_maxpool2d_weight_grad_kernel";
+  const auto geom = check_fused_grad(op, x, out, grad, pos, stride, padding, dilation, groups, conv_out_size,
+                                     pool_kernel, pool_stride, pool_padding, pool_dilation);
+  if (out.numel() == 0) return;
+  const Exec exec(x.device());
+  const at::Tensor dy = unpool(exec, op, grad, pos, geom.second);
+  conv2d_weight_grad<Exec>(x, dy, stride, padding, dilation, groups, allow_tf32, out);
 }
 
 template <class Exec>
