@@ -5,6 +5,10 @@ geometry as plain int lists: ``padding = [pad_top, pad_left]`` with the output s
 (which is how asymmetric 'same' padding reaches the kernels). Each op runs its backend's launcher
 (``backends.kernels(name)``); a fake kernel gives ``torch.compile`` the output's shape and strides, and
 ``register_autograd`` wires the backward ops. The "torch" backend never comes here.
+
+The front end calls ``run_conv2d``, ``run_max_pool2d`` and ``run_conv_relu_maxpool2d`` (at the end):
+eager calls on plain tensors take autograd.Functions over the same launchers, which skip
+torch.library's Python dispatch; everything else takes the custom ops.
 """
 from typing import List, Optional
 
@@ -257,3 +261,130 @@ def _fused_backward(ctx, grad, _grad_pos):
 
 
 conv_relu_maxpool2d_with_pos.register_autograd(_fused_backward, setup_context=_fused_setup)
+
+
+# --- the eager path ----------------------------------------------------------------------------
+# A torch.library custom op costs ~50 us of Python dispatch per call, more than a small layer's
+# kernel. Eager calls on plain tensors therefore run through torch.autograd.Functions over the same
+# launchers and the same context setup (in the classic forward(ctx, ...) form: a separate
+# setup_context costs an inspect.signature bind per call); torch.compile (and anything tracing), fake
+# tensors and tensor subclasses take the custom ops above. The fused op's backward makes one launcher
+# call for every gradient it needs.
+
+def _eager(*tensors) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        x, weight, bias, stride, padding, dilation, groups, out_size, channels_last, allow_tf32, backend = inputs
+        out = kernels(backend).conv2d_forward(
+            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(out_size),
+            channels_last=channels_last, allow_tf32=allow_tf32)
+        _conv2d_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        (stride, padding, dilation, groups), (allow_tf32, backend) = ctx.geometry, ctx.options
+        launchers = kernels(backend)
+        geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = launchers.conv2d_input_grad(grad, weight, tuple(x.shape[2:]), *geometry,
+                                                 channels_last=ctx.input_channels_last, allow_tf32=allow_tf32)
+        if ctx.needs_input_grad[1]:
+            grad_w = launchers.conv2d_weight_grad(x, grad, tuple(weight.shape), *geometry,
+                                                  channels_last=ctx.weight_channels_last, allow_tf32=allow_tf32)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = launchers.conv2d_bias_grad(grad)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+class _MaxPool2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        x, kernel_size, stride, padding, dilation, out_size, channels_last, backend = inputs
+        out = kernels(backend).max_pool2d_forward(
+            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
+            with_indices=True, channels_last=channels_last)
+        _max_pool2d_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad, _grad_indices):
+        (indices,) = ctx.saved_tensors
+        input_size, kernel_size, stride, padding, dilation, channels_last, backend = ctx.args
+        gx = kernels(backend).max_pool2d_backward(grad, indices, tuple(input_size), tuple(kernel_size), tuple(stride),
+                                                  tuple(padding), tuple(dilation), channels_last=channels_last)
+        return gx, None, None, None, None, None, None, None
+
+
+class _FusedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        (x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
+         pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend) = inputs
+        out = kernels(backend).conv_relu_maxpool2d_forward(
+            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
+            tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation),
+            tuple(out_size), with_pos=True, channels_last=channels_last, allow_tf32=allow_tf32)
+        _fused_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad, _grad_pos):
+        x, weight, pos = ctx.saved_tensors
+        allow_tf32, backend = ctx.options
+        geometry = tuple(tuple(v) if isinstance(v, list) else v for v in ctx.geometry)
+        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        # One call for every gradient wanted; two when the input and weight gradients differ in layout.
+        calls = [needs] if ctx.channels_last[0] == ctx.channels_last[1] else [
+            [needs[0], False, needs[2]], [False, needs[1], False]]
+        grads = [None, None, None]
+        for wanted in calls:
+            layout = ctx.channels_last[0] if wanted[0] else ctx.channels_last[1]
+            got = kernels(backend).conv_relu_maxpool2d_backward(
+                grad, x, weight, pos, *geometry, needs=tuple(wanted), channels_last=layout, allow_tf32=allow_tf32)
+            grads = [g if g is not None else new for g, new in zip(grads, got)]
+        return (*grads, *([None] * 13))
+
+
+def run_conv2d(x, weight, bias, *args):
+    """``conv2d`` (the custom op's arguments after ``bias``): the eager path or the custom op."""
+    if _eager(x, weight, bias):
+        return _Conv2dFunction.apply(x, weight, bias, *args)
+    return conv2d(x, weight, bias, *args)
+
+
+def run_max_pool2d(x, *args, with_indices):
+    """``max_pool2d`` / ``max_pool2d_with_indices`` (same arguments): the eager path or the custom ops."""
+    if _eager(x):
+        if with_indices:
+            return _MaxPool2dFunction.apply(x, *args)
+        kernel_size, stride, padding, dilation, out_size, channels_last, backend = args
+        return kernels(backend).max_pool2d_forward(
+            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
+            with_indices=False, channels_last=channels_last)[0]
+    return max_pool2d_with_indices(x, *args) if with_indices else max_pool2d(x, *args)
+
+
+def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):
+    """The fused op (``conv_relu_maxpool2d_with_pos``'s arguments): its output, and with ``with_pos``
+    the window positions autograd saves; the eager path or the custom ops."""
+    if _eager(x, weight, bias):
+        if with_pos:
+            return _FusedFunction.apply(x, weight, bias, *args)
+        (stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride, pool_padding, pool_dilation,
+         out_size, channels_last, allow_tf32, backend) = args
+        return kernels(backend).conv_relu_maxpool2d_forward(
+            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
+            tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation), tuple(out_size),
+            with_pos=False, channels_last=channels_last, allow_tf32=allow_tf32)[0]
+    if with_pos:
+        return conv_relu_maxpool2d_with_pos(x, weight, bias, *args)
+    return conv_relu_maxpool2d(x, weight, bias, *args)

@@ -159,9 +159,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if name == "torch":
         out = F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_, groups)
     else:
-        out = _ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, list(out_size),
-                          _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32,
-                          name)
+        out = _ops.run_conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, list(out_size),
+                              _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32,
+                              name)
     return out.squeeze(0) if unbatched else out
 
 
@@ -181,11 +181,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         args = (x, list(kernel_size), list(stride), list(padding), list(dilation), list(out_size),
                 _is_channels_last(x), name)
         if return_indices or (torch.is_grad_enabled() and x.requires_grad):
-            result = _ops.max_pool2d_with_indices(*args)
+            result = _ops.run_max_pool2d(*args, with_indices=True)
             if not return_indices:
                 result = result[0]
         else:
-            result = _ops.max_pool2d(*args)
+            result = _ops.run_max_pool2d(*args, with_indices=False)
     if unbatched:
         return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
     return result
@@ -214,5 +214,6 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
                 list(pool_kernel), list(pool_stride), list(pool_pad), list(pool_dilation), list(out_size),
                 _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32, name)
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-        out = _ops.conv_relu_maxpool2d_with_pos(*args)[0] if needs_grad else _ops.conv_relu_maxpool2d(*args)
+        out = _ops.run_conv_relu_maxpool2d(*args, with_pos=needs_grad)
+        out = out[0] if needs_grad else out
     return out.squeeze(0) if unbatched else out

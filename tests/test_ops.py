@@ -61,3 +61,38 @@ def test_compiled_functional_ops_with_unbatched_and_pool_indices(fast_backend):
     ref, ref_idx = f(x, w)
     assert torch.equal(idx, ref_idx)
     torch.testing.assert_close(out, ref)
+
+
+def _layers(backend):
+    """(name, fn) for each op with its custom op's name: conv2d, max_pool2d with grad, the fused op."""
+    return [
+        ("cnnfast.conv2d", lambda x, w, b: cf.conv2d(x, w, b, padding=1, backend=backend)),
+        ("cnnfast.max_pool2d_with_indices", lambda x, w, b: cf.max_pool2d(x, 3, 2, 1, backend=backend)),
+        ("cnnfast.conv_relu_maxpool2d_with_pos",
+         lambda x, w, b: cf.conv_relu_maxpool2d(x, w, b, padding=1, pool_kernel_size=2, backend=backend)),
+    ]
+
+
+@pytest.mark.parametrize("which", range(3))
+def test_eager_path_equals_the_custom_op_and_compiled_graphs_keep_the_op(which, fast_backend):
+    """Eager calls run an autograd.Function (no torch.library dispatch), compiled graphs the custom op;
+    both give the same bits, forward and backward."""
+    op_name, fn = _layers(fast_backend)[which]
+    x, w, b = rand(2, 3, 9, 8, requires_grad=True), rand(4, 3, 3, 3, requires_grad=True), rand(4, requires_grad=True)
+    out = fn(x, w, b)
+    assert type(out.grad_fn).__name__.startswith("_"), type(out.grad_fn).__name__  # one of _ops' Functions
+    g = torch.randn_like(out)
+    leaves = [x] if "max_pool2d" in op_name else [x, w, b]
+    eager = (out, *torch.autograd.grad(out, leaves, g))
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    torch._dynamo.reset()
+    out_c = torch.compile(fn, fullgraph=True, backend=record)(x, w, b)
+    assert any(op_name in graph for graph in graphs), graphs
+    compiled = (out_c, *torch.autograd.grad(out_c, leaves, g))
+    for a, c in zip(eager, compiled):
+        assert torch.equal(a, c)
