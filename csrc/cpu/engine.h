@@ -341,15 +341,72 @@ static void conv_forward_impl(const ConvFwdArgs& a, ParallelFn parallel) {
 
 // ---- fused conv + bias + ReLU + max_pool2d forward -------------------------------------------------
 
+// One pooled row of channel k: the values, and the window positions (q, or -1 where the value is
+// <= 0; `final_q`: q holds the final positions already).
 template <class PosT>
 static void store_pooled(const FusedFwdArgs& a, int64_t n, int64_t k, int64_t ph, const float* best,
-                         const int32_t* q, int64_t PW) {
+                         const int32_t* q, int64_t PW, bool final_q = false) {
   const View4& o = a.conv.y;
   float* dst = o.p + n * o.s0 + k * o.s1 + ph * o.s2;
-  for (int64_t pw = 0; pw < PW; ++pw) dst[pw * o.s3] = best[pw];
+  if (o.s3 == 1) {
+    __builtin_memcpy(dst, best, sizeof(float) * PW);
+  } else {
+    for (int64_t pw = 0; pw < PW; ++pw) dst[pw * o.s3] = best[pw];
+  }
   if (a.pos) {
     PosT* pdst = static_cast<PosT*>(a.pos) + n * a.ps0 + k * a.ps1 + ph * a.ps2;
-    for (int64_t pw = 0; pw < PW; ++pw) pdst[pw * a.ps3] = (PosT)(best[pw] <= 0.f ? -1 : q[pw]);
+    if (final_q && a.ps3 == 1) {
+      for (int64_t pw = 0; pw < PW; ++pw) pdst[pw] = (PosT)q[pw];
+    } else if (final_q) {
+      for (int64_t pw = 0; pw < PW; ++pw) pdst[pw * a.ps3] = (PosT)q[pw];
+    } else {
+      for (int64_t pw = 0; pw < PW; ++pw) pdst[pw * a.ps3] = (PosT)(best[pw] <= 0.f ? -1 : q[pw]);
+    }
+  }
+}
+
+// r[ow] = relu(round(r[ow] + bias)) for ow < OW and -inf for OW <= ow < OWpad (a multiple of V), so
+// that a window tap landing past the row is never taken; ReLU keeps NaN, as torch.relu does.
+static void bias_relu_row(float* r, float bias, int64_t OW, int64_t OWpad, int round_mode) {
+  const vf vb = vsplat(bias), zero = vsplat(0.f), ninf = vsplat(-__builtin_huge_valf());
+  vi lane;
+  for (int l = 0; l < V; ++l) lane[l] = l;
+  for (int64_t ow0 = 0; ow0 < OWpad; ow0 += V) {
+    vf y = vload(r + ow0) + vb;
+    if (round_mode != kRoundNone)
+      for (int l = 0; l < V; ++l) y[l] = round_to(y[l], round_mode);
+    y = (vf)((vi)y & ~(vi)(y < zero));
+    const vi in = (vi)(lane + (int32_t)ow0 < (vi){} + (int32_t)OW);
+    vstore(r + ow0, (vf)(((vi)y & in) | ((vi)ninf & ~in)));
+  }
+}
+
+// pool_tap over all E cells (a multiple of V) of the flat layout, in vectors: cell e reads
+// row[e * PSW + off] (PSW 1 or 2; reads up to off floats past the last cell's row, which the row
+// buffer has room for).
+template <int PSW>
+static void pool_tap_flat(const float* row, int64_t off, int64_t E, int32_t tap, float* best, int32_t* q) {
+  static_assert(PSW == 1 || PSW == 2, "flat pooling has stride 1 or 2");
+  const vi vt = (vi){} + tap;
+  for (int64_t e0 = 0; e0 < E; e0 += V) {
+    vf v;
+    if (PSW == 1) {
+      v = vload(row + e0 + off);
+    } else {
+      const vf lo = vload(row + 2 * e0 + off), hi = vload(row + 2 * e0 + off + V);
+#if CNNFAST_V == 8 && (defined(__clang__) || __GNUC__ >= 12)
+      v = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+#else
+      for (int l = 0; l < V / 2; ++l) v[l] = lo[2 * l], v[l + V / 2] = hi[2 * l];
+#endif
+    }
+    const vf b = vload(best + e0);
+    vi qv;
+    __builtin_memcpy(&qv, q + e0, sizeof(vi));
+    const vi take = (vi)(v > b) | (vi)(v != v);
+    vstore(best + e0, (vf)(((vi)v & take) | ((vi)b & ~take)));
+    qv = (vt & take) | (qv & ~take);
+    __builtin_memcpy(q + e0, &qv, sizeof(vi));
   }
 }
 
@@ -384,7 +441,8 @@ static void fused_body(void* vctx, int64_t begin, int64_t end) {
   const int64_t PH = p.OH, PW = p.OW;
   const int64_t conv_rows_max = (cx.rows_per_chunk - 1) * p.sh + (p.kh - 1) * p.dh + 1;
   const int64_t HPmax = (conv_rows_max - 1) * g.sh + (g.R - 1) * g.dh + 1;
-  Scratch P(pl.Cg * HPmax * pl.WP * 4), rows(p.kh * pl.Kg * pl.OWpad * 4);
+  // rows: one slot of Kg x OWpad per window row, and one row of slack for pool_tap_flat's reads
+  Scratch P(pl.Cg * HPmax * pl.WP * 4), rows((p.kh * pl.Kg + 1) * pl.OWpad * 4);
   Scratch best(imax(PW, pl.Kg * pl.OWpad) * 4), q(imax(PW, pl.Kg * pl.OWpad) * 4);
   // Flat pooling (all channels in one loop) when windows start at column 0 with stride 1 or 2 and
   // stay inside the row buffer; otherwise per channel with explicit column bounds.
@@ -420,22 +478,12 @@ static void fused_body(void* vctx, int64_t begin, int64_t end) {
           pl.fn[kind](P.f(), HP, pl.WP, pl.Cg, g.R, g.S, g.dh, g.dw, g.sw, (oh - lo) * g.sh,
                       pl.wp->block(g_, b), roundup(g.OW, pl.nv[kind] * V), rw + k0 * pl.OWpad, pl.OWpad);
         }
-        for (int64_t k = 0; k < pl.Kg; ++k) {
-          float* r = rw + k * pl.OWpad;
-          const float bias = a.bias ? a.bias[g_ * pl.Kg + k] : 0.f;
-          // Columns past OW become -inf: a window tap landing there is never taken (flat pooling below).
-          const float ninf = -__builtin_huge_valf();
-          if (f.round_mode == kRoundNone) {
-            for (int64_t ow = 0; ow < pl.OWpad; ++ow) r[ow] = ow < g.OW ? relu_keep_nan(r[ow] + bias) : ninf;
-          } else {
-            for (int64_t ow = 0; ow < pl.OWpad; ++ow)
-              r[ow] = ow < g.OW ? relu_keep_nan(round_to(r[ow] + bias, f.round_mode)) : ninf;
-          }
-        }
+        for (int64_t k = 0; k < pl.Kg; ++k)
+          bias_relu_row(rw + k * pl.OWpad, a.bias ? a.bias[g_ * pl.Kg + k] : 0.f, g.OW, pl.OWpad, f.round_mode);
       }
       if (flat) {
         // Every channel's pooled row at once: pooled cell e = k * PWs + pw reads row column
-        // e * psw + j * dw, since OWpad = PWs * psw; long, branch-free loops that vectorise.
+        // e * psw + j * dw, since OWpad = PWs * psw; long, branch-free vector loops.
         const int64_t PWs = pl.OWpad / p.sw, E = pl.Kg * PWs;
         for (int64_t e = 0; e < E; ++e) {
           bst[e] = -__builtin_huge_valf();
@@ -448,17 +496,19 @@ static void fused_body(void* vctx, int64_t begin, int64_t end) {
           for (int64_t j = 0; j < p.kw; ++j) {
             const int32_t tap = (int32_t)(i * p.kw + j);
             if (p.sw == 2)
-              pool_tap<2>(r, j * p.dw, 2, 0, E, tap, bst, qq);
+              pool_tap_flat<2>(r, j * p.dw, E, tap, bst, qq);
             else
-              pool_tap<1>(r, j * p.dw, 1, 0, E, tap, bst, qq);
+              pool_tap_flat<1>(r, j * p.dw, E, tap, bst, qq);
           }
         }
+        // The window positions (-1 where the pooled value is <= 0), all cells in one vector loop.
+        for (int64_t e = 0; e < E; ++e) qq[e] = bst[e] <= 0.f ? -1 : qq[e];
         for (int64_t k = 0; k < pl.Kg; ++k) {
           const int64_t kk = g_ * pl.Kg + k;
           switch (f.pos_bytes) {
-            case 1: store_pooled<int8_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW); break;
-            case 2: store_pooled<int16_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW); break;
-            default: store_pooled<int32_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW); break;
+            case 1: store_pooled<int8_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW, true); break;
+            case 2: store_pooled<int16_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW, true); break;
+            default: store_pooled<int32_t>(f, n, kk, ph, bst + k * PWs, qq + k * PWs, PW, true); break;
           }
         }
         continue;
@@ -736,11 +786,13 @@ static void wgrad_block(const float* P, int64_t HP, int64_t WP, const float* D, 
 using WgradFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 
-// Channel block for the weight gradient: up to 8 channels, and at most 4 when that lets 3 taps share
-// the loads of dy (KB * NS accumulators within the register budget).
-static int64_t wgrad_kb(int64_t Kg) {
-  if (CNNFAST_ACC >= 12 && Kg % 4 == 0 && Kg % 6 != 0) return 4;
-  return imin(8, Kg);
+// Channel block for the weight gradient: KB * NS accumulators within the register budget, with NS
+// covering the kernel's row (S <= 3) so that no tap group computes a dummy tap and every load of dy
+// serves S taps; blocks of equal size (Kg = 6, S = 3: two blocks of 3 rather than 6 with NS = 2).
+static int64_t wgrad_kb(int64_t Kg, int64_t S) {
+  const int64_t ns = imin(3, S);
+  const int64_t widest = imax(1, imin(8, CNNFAST_ACC / ns));
+  return cdiv(Kg, cdiv(Kg, widest));
 }
 
 static int wgrad_ns(int64_t kb, int64_t S) {
@@ -789,7 +841,7 @@ static void wgrad_body(void* vctx, int64_t begin, int64_t end) {
     for (int64_t n = chunk * cx.per_chunk; n < n_end; ++n) {
       pack(a.x, nullptr, n, g_ * Cg, Cg, g.H, g.W, 1, 1, -g.ph, -g.pw, HP, WP, P.f());
       pack(a.dy, a.dy_unpool, n, g_ * Kg, Kg, g.OH, g.OW, 1, 1, 0, 0, g.OH, OWp, D.f());
-      const int64_t kbmax = wgrad_kb(Kg);
+      const int64_t kbmax = wgrad_kb(Kg, g.S);
       for (int64_t k0 = 0; k0 < Kg; k0 += kbmax) {
         const int64_t kb = imin(kbmax, Kg - k0);
         wgrad_fn(kb, wgrad_ns(kb, g.S))(P.f(), HP, WP, D.f() + k0 * g.OH * OWp, g.OH, OWp, g.OW, Cg, g.R, g.S, g.sh, g.sw, g.dh,
