@@ -63,9 +63,10 @@ def notes(device, compile_mode, settings):
         ("GPU: CUDA events through `triton.testing.do_bench`, the median of the runs in "
          f"{settings['rep_ms']:g} ms after {settings['warmup_ms']:g} ms of warm-up, the L2 cache flushed before "
          "every run; cuDNN with `torch.backends.cudnn.benchmark = True`." if gpu else
-         "CPU: `torch.utils.benchmark.Timer.blocked_autorange`, the median over at least "
-         f"{settings['rep_ms']:g} ms after {settings['warmup_ms']:g} ms of warm-up, "
-         f"{torch.get_num_threads()} threads; stock eager runs oneDNN / ATen kernels."),
+         "CPU: `torch.utils.benchmark.Timer.blocked_autorange`, the providers of a case timed in "
+         f"{runner.CPU_ROUNDS} alternating rounds of at least {settings['rep_ms'] / runner.CPU_ROUNDS:g} ms each "
+         "(a slow spell of a shared machine falls on all of them), each figure the median of the rounds' "
+         f"medians; {torch.get_num_threads()} threads; stock eager runs oneDNN / ATen kernels."),
         "Inputs are standard-normal (never zeros); cases whose inputs fit in the cache rotate through up to "
         "8 input sets. Forward cases run under `torch.no_grad()`."
         + ("" if gpu else " Nothing flushes a CPU's caches between runs, so small cases may run from cache and "

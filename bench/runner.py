@@ -1,5 +1,6 @@
 """Runs cases: for each, every provider side by side, each checked against the float64 reference
-before it is timed, then timed, then its memory figures taken."""
+before it is timed, then timed (on CPU in alternating rounds), then its memory figures taken."""
+import statistics
 import time
 
 import torch
@@ -38,12 +39,20 @@ def rel_err(out, ref) -> float:
     return diff / denom if denom > 0 else diff
 
 
-def _measure(workload, provider, device, settings, eager_err):
+# On CPU each case is timed in alternating rounds of its providers, each value the median of the
+# rounds' medians: a slow spell of a shared machine then falls on every provider alike. (GPU timing
+# through CUDA events is steady: one round.)
+CPU_ROUNDS = 5
+
+
+def _check(workload, provider, device, settings, eager_err):
+    """The provider's runner and its record after the first call and the accuracy check (run is None
+    when it cannot be timed: unavailable, failed, or wrong)."""
     case = workload.case
     try:
         run = workload.make(provider)
     except Unavailable as e:
-        return {"skipped": str(e)}
+        return {"skipped": str(e)}, None
     start = time.perf_counter()
     outs = run(workload.sets[0], check=True)
     timing.synchronize(device)
@@ -53,17 +62,23 @@ def _measure(workload, provider, device, settings, eager_err):
     record["tolerance"] = max(ceiling, 2 * (eager_err or 0.0))
     if not record["rel_err"] <= record["tolerance"]:   # NaN fails too
         record["error"] = f"check failed: relative error {record['rel_err']:.3g} > {record['tolerance']:.3g}"
-        return record
-    del outs
-    record["ms"] = timing.median_ms(timing.rotating(run, workload.sets), device,
-                                    warmup_ms=settings["warmup_ms"], rep_ms=settings["rep_ms"])
+        return record, None
+    return record, run
+
+
+def _figures(workload, record, run, device, settings):
+    """Roofline figures and memory of a timed provider."""
+    case = workload.case
     record.update(roofline.figures(workload.flops, workload.nbytes, record["ms"], case.dtype,
                                    settings["ceilings"], workload.compute_bound))
     once = lambda: run(workload.sets[0])  # noqa: E731
     if case.direction == "fwd+bwd":
         record["saved_bytes"] = memory.saved_for_backward(once, getattr(run, "params", ()))
     record["peak_bytes"] = memory.peak_bytes(once, device)
-    return record
+
+
+def _error(e):
+    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
 
 def run_case(case, device, provider_names, settings):
@@ -81,16 +96,38 @@ def run_case(case, device, provider_names, settings):
             record["error"] = f"{type(e).__name__}: {e}"
             return record
         record.update(flops=workload.flops, bytes=workload.nbytes, input_sets=len(workload.sets))
-        eager_err = None
+        eager_err, runs = None, {}
         for provider in provider_names:
             try:
-                result = _measure(workload, provider, device, settings, eager_err)
+                result, run = _check(workload, provider, device, settings, eager_err)
             except Exception as e:
-                result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-            if provider == EAGER and "ms" in result:
+                result, run = _error(e), None
+            if provider == EAGER and run is not None:
                 eager_err = result["rel_err"]
             record["providers"][provider] = result
-        del workload
+            if run is not None:
+                runs[provider] = run
+        rounds = settings.get("rounds") or (1 if device.type == "cuda" else CPU_ROUNDS)
+        times = {provider: [] for provider in runs}
+        for _ in range(rounds):
+            for provider in list(runs):
+                try:
+                    times[provider].append(timing.median_ms(
+                        timing.rotating(runs[provider], workload.sets), device,
+                        warmup_ms=settings["warmup_ms"] / rounds, rep_ms=settings["rep_ms"] / rounds))
+                except Exception as e:
+                    record["providers"][provider].update(_error(e))
+                    del runs[provider]
+        for provider, run in runs.items():
+            result = record["providers"][provider]
+            result["ms"] = statistics.median(times[provider])
+            if rounds > 1:
+                result["ms_rounds"] = times[provider]
+            try:
+                _figures(workload, result, run, device, settings)
+            except Exception as e:
+                result.update(_error(e))
+        del workload, runs
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return record

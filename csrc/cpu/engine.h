@@ -884,3 +884,142 @@ static void weight_grad_impl(const WeightGradArgs& a, ParallelFn parallel) {
   ReduceCtx rc{ws.f(), a.gw, cx.chunks, total};
   parallel(cdiv(total, 4096), &rc, reduce_body);
 }
+
+// ---- max_pool2d forward ------------------------------------------------------------------------------
+// A work item is a range of planes, each pooled in a flat layout: for every window row i, buffer
+// R_i[oh * L + col] holds input row oh*sh - ph + i*dh at column col - pw (-inf outside the image;
+// L = sw * PWs), so that pooled cell e = oh * PWs + ow reads R_i[e * sw + j * dw] for tap (i, j). Each
+// tap is then one branch-free vector pass over all of the plane's cells, whatever the width of its
+// rows. -inf cells never replace the running maximum under PyTorch's rule, so padding needs no
+// checks. The index starts as PyTorch's (the window's first in-range cell, kept only when every value
+// is -inf) and follows the maximum in int32 lanes: base[e] + i*dh*W + j*dw.
+
+struct PoolCtx {
+  const PoolArgs* a;
+  int64_t PWs, L, E;            // cells per pooled row (padded), buffer row length, cells per plane
+  const int32_t* base;          // (oh*sh - ph) * W + ow*sw - pw per cell
+  const int32_t* init;          // PyTorch's initial index per cell
+};
+
+// best / q over the E cells for the tap at buffer offset `off` (stride SW: 1, 2, or 0 for runtime sw).
+template <int SW>
+static void pool_flat_tap(const float* R, int64_t off, int64_t sw_rt, int64_t E, const int32_t* base, int32_t dq,
+                          float* best, int32_t* q) {
+  const int64_t sw = SW ? SW : sw_rt;
+  const vi vdq = (vi){} + dq;
+  int64_t e0 = 0;
+  for (; e0 + V <= E; e0 += V) {
+    vf v;
+    if (SW == 1) {
+      v = vload(R + e0 + off);
+    } else if (SW == 2) {
+      const vf lo = vload(R + 2 * e0 + off), hi = vload(R + 2 * e0 + off + V);
+#if CNNFAST_V == 8 && (defined(__clang__) || __GNUC__ >= 12)
+      v = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+#else
+      for (int l = 0; l < V / 2; ++l) v[l] = lo[2 * l], v[l + V / 2] = hi[2 * l];
+#endif
+    } else {
+      for (int l = 0; l < V; ++l) v[l] = R[(e0 + l) * sw + off];
+    }
+    const vf b = vload(best + e0);
+    vi qv, bv;
+    __builtin_memcpy(&qv, q + e0, sizeof(vi));
+    __builtin_memcpy(&bv, base + e0, sizeof(vi));
+    const vi take = (vi)(v > b) | (vi)(v != v);
+    vstore(best + e0, (vf)(((vi)v & take) | ((vi)b & ~take)));
+    qv = ((bv + vdq) & take) | (qv & ~take);
+    __builtin_memcpy(q + e0, &qv, sizeof(vi));
+  }
+  for (int64_t e = e0; e < E; ++e) {
+    const float v = R[e * sw + off];
+    if (v > best[e] || v != v) {
+      best[e] = v;
+      q[e] = base[e] + dq;
+    }
+  }
+}
+
+static void pool_body(void* vctx, int64_t begin, int64_t end) {
+  const PoolCtx& cx = *static_cast<PoolCtx*>(vctx);
+  const PoolArgs& a = *cx.a;
+  const PoolGeom& p = a.p;
+  // one buffer per window row, V * sw floats of slack for the vector reads past the last cell
+  const int64_t RL = p.OH * cx.L + (V + 1) * p.sw + (p.kw - 1) * p.dw;
+  Scratch Rs(p.kh * RL * 4), best(cx.E * 4), q(cx.E * 4);
+  const float ninf = -__builtin_huge_valf();
+  for (int64_t nc = begin; nc < end; ++nc) {
+    const int64_t n = nc / a.C, c = nc % a.C;
+    const float* plane = a.x.p + n * a.x.s0 + c * a.x.s1;
+    float* bst = best.f();
+    int32_t* qq = static_cast<int32_t*>(q.p);
+    for (int64_t e = 0; e < cx.E; ++e) bst[e] = ninf;
+    __builtin_memcpy(qq, cx.init, sizeof(int32_t) * cx.E);
+    for (int64_t i = 0; i < p.kh; ++i) {
+      float* R = Rs.f() + i * RL;
+      for (int64_t t = 0; t < RL; ++t) R[t] = ninf;
+      bool any = false;
+      for (int64_t oh = 0; oh < p.OH; ++oh) {
+        const int64_t h = oh * p.sh - p.ph + i * p.dh;
+        if (h < 0 || h >= p.H) continue;
+        any = true;
+        const float* src = plane + h * a.x.s2;
+        float* dst = R + oh * cx.L + p.pw;
+        if (a.x.s3 == 1) {
+          __builtin_memcpy(dst, src, sizeof(float) * p.W);
+        } else {
+          for (int64_t w = 0; w < p.W; ++w) dst[w] = src[w * a.x.s3];
+        }
+      }
+      if (!any) continue;
+      for (int64_t j = 0; j < p.kw; ++j) {
+        const int32_t dq = (int32_t)(i * p.dh * p.W + j * p.dw);
+        if (p.sw == 1)
+          pool_flat_tap<1>(R, j * p.dw, 1, cx.E, cx.base, dq, bst, qq);
+        else if (p.sw == 2)
+          pool_flat_tap<2>(R, j * p.dw, 2, cx.E, cx.base, dq, bst, qq);
+        else
+          pool_flat_tap<0>(R, j * p.dw, p.sw, cx.E, cx.base, dq, bst, qq);
+      }
+    }
+    for (int64_t oh = 0; oh < p.OH; ++oh) {
+      const float* b = bst + oh * cx.PWs;
+      float* dst = a.out.p + n * a.out.s0 + c * a.out.s1 + oh * a.out.s2;
+      if (a.out.s3 == 1) {
+        __builtin_memcpy(dst, b, sizeof(float) * p.OW);
+      } else {
+        for (int64_t ow = 0; ow < p.OW; ++ow) dst[ow * a.out.s3] = b[ow];
+      }
+      if (a.idx) {
+        const int32_t* qr = qq + oh * cx.PWs;
+        int64_t* id = a.idx + n * a.is0 + c * a.is1 + oh * a.is2;
+        for (int64_t ow = 0; ow < p.OW; ++ow) id[ow * a.is3] = qr[ow];
+      }
+    }
+  }
+}
+
+static void max_pool_impl(const PoolArgs& a, ParallelFn parallel) {
+  const PoolGeom& p = a.p;
+  PoolCtx cx;
+  cx.a = &a;
+  // A buffer row holds every column a window reads, (OW-1)*sw + (kw-1)*dw, and the whole padded row.
+  const int64_t need = imax((p.OW - 1) * p.sw + (p.kw - 1) * p.dw + 1, p.pw + p.W);
+  cx.PWs = cdiv(need, p.sw);
+  cx.L = cx.PWs * p.sw;
+  cx.E = p.OH * cx.PWs;
+  Scratch base(cx.E * 4), init(cx.E * 4);
+  int32_t* b = static_cast<int32_t*>(base.p);
+  int32_t* in = static_cast<int32_t*>(init.p);
+  for (int64_t oh = 0; oh < p.OH; ++oh) {
+    const int64_t h0 = oh * p.sh - p.ph, hf = h0 + first_in_range(h0, p.dh) * p.dh;
+    for (int64_t ow = 0; ow < cx.PWs; ++ow) {
+      const int64_t w0 = ow * p.sw - p.pw;
+      b[oh * cx.PWs + ow] = (int32_t)(h0 * p.W + w0);
+      in[oh * cx.PWs + ow] = (int32_t)(hf * p.W + w0 + first_in_range(w0, p.dw) * p.dw);
+    }
+  }
+  cx.base = b;
+  cx.init = in;
+  parallel(a.N * a.C, &cx, pool_body);
+}

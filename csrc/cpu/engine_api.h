@@ -72,7 +72,19 @@ struct WeightGradArgs {
   ConvGeom g;
 };
 
+// max_pool2d over float32 planes: out (N, C, OH, OW) and, when idx is given, the flattened index
+// h * W + w of each chosen cell (int64, strides is0..is3), PyTorch's rule (NaN propagates, ties keep
+// the first). Planes of fewer than 2^31 elements.
+struct PoolArgs {
+  View4 x, out;
+  int64_t N, C;
+  PoolGeom p;
+  int64_t* idx;
+  int64_t is0, is1, is2, is3;
+};
+
 void conv_forward(const ConvFwdArgs& a, ParallelFn parallel);
+void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel);
 void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel);
 void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel);
 

@@ -1,7 +1,12 @@
-// max_pool2d on the CPU: forward (values and optional int64 indices) with PyTorch's rule, and the
-// backward as a gather (common/geometry.h: pool_window, pool_gather), parallel over the N*C planes.
+// max_pool2d on the CPU: the forward (values and optional int64 indices, PyTorch's rule) in the vector
+// engine (engine.h: max_pool_impl), the backward a scatter in the gather's summation order; parallel
+// over the N*C planes.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
 
 #include "../ops.h"
 #include "glue.h"
@@ -10,10 +15,36 @@ namespace cnnfast {
 namespace cpu {
 namespace {
 
+// The scalar forward (planes of 2^31 elements and more, whose indices the vector engine's int32 lanes
+// cannot hold): pool_window per output element.
+template <typename scalar_t>
+void max_pool2d_fwd_scalar(const at::Tensor& x, const PoolGeom& p, const at::Tensor& out, int64_t* idx,
+                           const int64_t* is) {
+  const int64_t N = x.size(0), C = x.size(1);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op_ = out.data_ptr<scalar_t>();
+  const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2), xs3 = x.stride(3);
+  const int64_t os0 = out.stride(0), os1 = out.stride(1), os2 = out.stride(2), os3 = out.stride(3);
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      const scalar_t* plane = xp + n * xs0 + c * xs1;
+      for (int64_t oh = 0; oh < p.OH; ++oh)
+        for (int64_t ow = 0; ow < p.OW; ++ow) {
+          float best;
+          int64_t best_idx;
+          pool_window(p, oh, ow, [&](int64_t h, int64_t w) { return static_cast<float>(plane[h * xs2 + w * xs3]); },
+                      best, best_idx);
+          op_[n * os0 + c * os1 + oh * os2 + ow * os3] = static_cast<scalar_t>(best);
+          if (idx) idx[n * is[0] + c * is[1] + oh * is[2] + ow * is[3]] = best_idx;
+        }
+    }
+  });
+}
+
 void max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                     at::IntArrayRef dilation, const at::Tensor& out, const std::optional<at::Tensor>& indices) {
   const PoolGeom p = check_max_pool2d_fwd(x, kernel, stride, padding, dilation, out, indices);
-  const int64_t N = x.size(0), C = x.size(1);
   int64_t* idx = nullptr;
   int64_t is[4] = {0, 0, 0, 0};
   if (indices.has_value()) {
@@ -21,34 +52,33 @@ void max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef
     for (int d = 0; d < 4; ++d) is[d] = indices->stride(d);
   }
   if (out.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_fwd_kernel", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op_ = out.data_ptr<scalar_t>();
-    const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2), xs3 = x.stride(3);
-    const int64_t os0 = out.stride(0), os1 = out.stride(1), os2 = out.stride(2), os3 = out.stride(3);
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t nc = begin; nc < end; ++nc) {
-        const int64_t n = nc / C, c = nc % C;
-        const scalar_t* plane = xp + n * xs0 + c * xs1;
-        for (int64_t oh = 0; oh < p.OH; ++oh)
-          for (int64_t ow = 0; ow < p.OW; ++ow) {
-            float best;
-            int64_t best_idx;
-            pool_window(p, oh, ow, [&](int64_t h, int64_t w) { return static_cast<float>(plane[h * xs2 + w * xs3]); },
-                        best, best_idx);
-            op_[n * os0 + c * os1 + oh * os2 + ow * os3] = static_cast<scalar_t>(best);
-            if (idx) idx[n * is[0] + c * is[1] + oh * is[2] + ow * is[3]] = best_idx;
-          }
-      }
-    });
-  });
+  if (p.H * p.W >= (int64_t{1} << 31)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_fwd_kernel",
+                                    [&] { max_pool2d_fwd_scalar<scalar_t>(x, p, out, idx, is); });
+    return;
+  }
+  const at::Tensor xf = as_float(x);
+  FloatOut y(out);
+  PoolArgs a;
+  a.x = view4(xf);
+  a.out = view4(y.f);
+  a.N = x.size(0), a.C = x.size(1);
+  a.p = p;
+  a.idx = idx;
+  a.is0 = is[0], a.is1 = is[1], a.is2 = is[2], a.is3 = is[3];
+  max_pool2d_forward(a, parallel);
+  y.finish();
 }
 
+// The gradient of each plane as a scatter of the pooled gradient to the chosen cells, windows in
+// ascending (oh, ow) order: the summation order of geometry.h's gather, so the same bits, without
+// a window scan per input cell. Indices outside the plane are refused.
 void max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntArrayRef kernel, at::IntArrayRef stride,
                     at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out) {
   const PoolGeom p = check_max_pool2d_bwd(grad, indices, kernel, stride, padding, dilation, out);
-  const int64_t N = out.size(0), C = out.size(1);
+  const int64_t N = out.size(0), C = out.size(1), HW = p.H * p.W;
   if (out.numel() == 0) return;
+  std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "max_pool2d_bwd_kernel", [&] {
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const int64_t* ip = indices.const_data_ptr<int64_t>();
@@ -57,21 +87,28 @@ void max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntAr
     const int64_t is0 = indices.stride(0), is1 = indices.stride(1), is2 = indices.stride(2), is3 = indices.stride(3);
     const int64_t os0 = out.stride(0), os1 = out.stride(1), os2 = out.stride(2), os3 = out.stride(3);
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(HW);
       for (int64_t nc = begin; nc < end; ++nc) {
         const int64_t n = nc / C, c = nc % C;
         const scalar_t* g = gp + n * gs0 + c * gs1;
         const int64_t* ix = ip + n * is0 + c * is1;
-        for (int64_t h = 0; h < p.H; ++h)
-          for (int64_t w = 0; w < p.W; ++w) {
-            const int64_t target = h * p.W + w;
-            const float v = pool_gather(
-                p, h, w, [&](int64_t oh, int64_t ow, int64_t, int64_t) { return ix[oh * is2 + ow * is3] == target; },
-                [&](int64_t oh, int64_t ow) { return static_cast<float>(g[oh * gs2 + ow * gs3]); });
-            dst[n * os0 + c * os1 + h * os2 + w * os3] = static_cast<scalar_t>(v);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t oh = 0; oh < p.OH; ++oh)
+          for (int64_t ow = 0; ow < p.OW; ++ow) {
+            const int64_t t = ix[oh * is2 + ow * is3];
+            if (t < 0 || t >= HW) {
+              bad = true;
+              continue;
+            }
+            acc[t] += static_cast<float>(g[oh * gs2 + ow * gs3]);
           }
+        scalar_t* o = dst + n * os0 + c * os1;
+        for (int64_t h = 0; h < p.H; ++h)
+          for (int64_t w = 0; w < p.W; ++w) o[h * os2 + w * os3] = static_cast<scalar_t>(acc[h * p.W + w]);
       }
     });
   });
+  TORCH_CHECK(!bad, "max_pool2d_bwd_kernel: indices outside the input plane of ", p.H, "x", p.W);
 }
 
 }  // namespace
