@@ -172,3 +172,18 @@ def test_cuda_single_image_past_the_index_range_is_refused(monkeypatch):
     monkeypatch.setenv("CNNFAST_CUDA_INDEX_LIMIT", "100")
     with pytest.raises(RuntimeError, match="index range"):
         cf.conv2d(rand(1, 3, 8, 8), rand(4, 3, 3, 3), backend=BACKEND)
+
+
+def test_cuda_depthwise_conv_with_more_groups_than_a_grid_dimension_holds():
+    """70,000 groups: more than grid y or z may hold (the emulator enforces the GPU's launch limits)."""
+    C = 70_000
+    x, w, b = rand(1, C, 4, 3, requires_grad=True), rand(C, 1, 3, 3, requires_grad=True), rand(C, requires_grad=True)
+    out = cf.conv2d(x, w, b, padding=1, groups=C, backend=BACKEND)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(x64, w64, b64, padding=1, groups=C)
+    ref_grads = torch.autograd.grad(ref, (x64, w64, b64), g.double())
+    assert_matches(out, ref, torch.float32)
+    for got, want in zip(grads, ref_grads):
+        assert_matches(got, want, torch.float32)

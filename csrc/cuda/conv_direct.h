@@ -13,7 +13,8 @@
 // weights of its channels for a slice of `cb` input channels, and (PATCH) the input patch the band
 // reads for that slice, zeros in the padding; the taps then read only shared memory, without bounds
 // checks. Where even one channel's patch would not fit (huge dilation), PATCH = false reads the input
-// from global memory with bounds checks.
+// from global memory with bounds checks. The weights are staged channel-fastest, so that a thread's 8
+// weights of a tap are one 32-byte run (vector loads, the same address across the warp).
 //
 // POOL with one slice computes every window tap in one step; with several slices, step s is tap
 // s / slices of slice s % slices (the weights and patch are staged again per tap: only wide inputs
@@ -60,10 +61,14 @@ struct DirectConv {
 
   DirectArgs<T> a;
 
-  Grid grid() const {
-    const int64_t img_groups = (a.g.N + a.imgs - 1) / a.imgs;
-    return Grid{img_groups * a.tiles_h * a.tiles_w, a.kblocks, a.g.groups};
+  // Block x = tile + tiles * (channel block + kblocks * group): depthwise convs have more groups than
+  // grid y and z allow.
+  CNNFAST_HD idx tiles() const {
+    return ((static_cast<idx>(a.g.N) + a.imgs - 1) / a.imgs) * a.tiles_h * a.tiles_w;
   }
+  CNNFAST_HD idx kblock(const Block& b) const { return (b.x / tiles()) % a.kblocks; }
+  CNNFAST_HD idx group(const Block& b) const { return b.x / tiles() / a.kblocks; }
+  Grid grid() const { return Grid{static_cast<int64_t>(tiles()) * a.kblocks * a.g.groups, 1, 1}; }
   size_t w_floats() const { return static_cast<size_t>(a.kgroups) * KB * a.cb * a.g.R * a.g.S; }
   size_t smem_bytes() const {
     const size_t patch = PATCH ? static_cast<size_t>(a.imgs) * a.cb * a.PHh * a.PWw : 0;
@@ -84,8 +89,9 @@ struct DirectConv {
 
   // The block's band: image group, first (pooled) row and column.
   CNNFAST_HD void band(const Block& b, idx& ig, idx& r0, idx& c0) const {
-    const idx tw = b.x % a.tiles_w, th = (b.x / a.tiles_w) % a.tiles_h;
-    ig = b.x / (a.tiles_w * a.tiles_h);
+    const idx tile = b.x % tiles();
+    const idx tw = tile % a.tiles_w, th = (tile / a.tiles_w) % a.tiles_h;
+    ig = tile / (a.tiles_w * a.tiles_h);
     r0 = th * a.TH;
     c0 = tw * a.TW;
   }
@@ -124,7 +130,7 @@ struct DirectConv {
 
   // Output channel (within the group) of the thread's channel k.
   CNNFAST_HD idx channel(const Block& b, int tid, int k) const {
-    return (b.y * a.kgroups + tid / a.pix) * KB + k;
+    return (kblock(b) * a.kgroups + tid / a.pix) * KB + k;
   }
 
   CNNFAST_HD void stage(void* smem, Thread&, int tid, const Block& b, int s) const {
@@ -133,11 +139,14 @@ struct DirectConv {
     if (a.slices == 1 && s > 0) return;  // everything is staged already
     const idx Cg = static_cast<idx>(g.Cg()), Kg = static_cast<idx>(g.Kg()), RS = static_cast<idx>(g.R * g.S);
     const idx c0 = slice * a.cb, cn = c0 + a.cb <= Cg ? a.cb : Cg - c0;
-    const idx grp = b.z, kbase = b.y * a.kgroups * KB;
+    const idx grp = group(b), kbase = kblock(b) * a.kgroups * KB;
     float* w_s = static_cast<float*>(smem);
     const idx wn = a.kgroups * KB * a.cb * RS;
+    // w_s[(c*RS + rs) * KG + k] for the block's KG = kgroups * 8 channels: a thread's 8 weights of a tap
+    // are 32 contiguous bytes, two 16-byte shared-memory loads (all threads of a warp read the same).
+    const idx KG = a.kgroups * KB;
     for (idx i = tid; i < wn; i += kThreads) {
-      const idx rs = i % RS, c = (i / RS) % a.cb, k = i / (RS * a.cb);
+      const idx k = i % KG, cs = i / KG, c = cs / RS, rs = cs - c * RS;
       const bool in = kbase + k < Kg && c < cn;
       w_s[i] = in ? to_f(a.w[((static_cast<int64_t>(grp) * Kg + kbase + k) * Cg + c0 + c) * RS + rs]) : 0.f;
     }
@@ -162,8 +171,9 @@ struct DirectConv {
     const idx Cg = static_cast<idx>(g.Cg()), R = static_cast<idx>(g.R), S = static_cast<idx>(g.S), RS = R * S;
     const idx dh = static_cast<idx>(g.dh), dw = static_cast<idx>(g.dw);
     const idx c0 = slice * a.cb, cn = c0 + a.cb <= Cg ? a.cb : Cg - c0;
-    const float* w_s = smem + (tid / a.pix) * KB * a.cb * RS;
-    const idx wstride = a.cb * RS;
+    const idx KG = a.kgroups * KB;
+    // this thread's 8 channels of tap (c, r, s) are w_s[(c*RS + r*S + s) * KG + k], k < 8
+    const float* w_s = smem + (tid / a.pix) * KB;
     if (PATCH) {
       idx ig, r0, col0;
       band(b, ig, r0, col0);
@@ -174,27 +184,27 @@ struct DirectConv {
       const idx pcol = ow * static_cast<idx>(g.sw) - static_cast<idx>(g.pw) - patch_col0(col0);
       for (idx c = 0; c < cn; ++c) {
         const float* src = patch + ((il * a.cb + c) * a.PHh + prow) * a.PWw + pcol;
-        const float* wc = w_s + c * RS;
+        const float* wc = w_s + c * RS * KG;
         for (idx r = 0; r < R; ++r)
           for (idx s = 0; s < S; ++s) {
             const float xv = src[r * dh * a.PWw + s * dw];
-            const float* wk = wc + r * S + s;
+            const float* wk = wc + (r * S + s) * KG;
 #pragma unroll
-            for (int k = 0; k < KB; ++k) acc[k] = fmaf(xv, wk[k * wstride], acc[k]);
+            for (int k = 0; k < KB; ++k) acc[k] = fmaf(xv, wk[k], acc[k]);
           }
       }
     } else {
       const idx ih0 = oh * static_cast<idx>(g.sh) - static_cast<idx>(g.ph);
       const idx iw0 = ow * static_cast<idx>(g.sw) - static_cast<idx>(g.pw);
-      const idx cx = b.z * Cg + c0;
+      const idx cx = group(b) * Cg + c0;
       for (idx c = 0; c < cn; ++c) {
-        const float* wc = w_s + c * RS;
+        const float* wc = w_s + c * RS * KG;
         for (idx r = 0; r < R; ++r)
           for (idx s = 0; s < S; ++s) {
             const float xv = xs(th.n, cx + c, ih0 + r * dh, iw0 + s * dw);
-            const float* wk = wc + r * S + s;
+            const float* wk = wc + (r * S + s) * KG;
 #pragma unroll
-            for (int k = 0; k < KB; ++k) acc[k] = fmaf(xv, wk[k * wstride], acc[k]);
+            for (int k = 0; k < KB; ++k) acc[k] = fmaf(xv, wk[k], acc[k]);
           }
       }
     }
@@ -215,7 +225,7 @@ struct DirectConv {
 #pragma unroll
     for (int k = 0; k < KB; ++k) {
       const idx kc = channel(b, tid, k);
-      const float bias = (a.bias && kc < Kg) ? to_f(a.bias[b.z * Kg + kc]) : 0.f;
+      const float bias = (a.bias && kc < Kg) ? to_f(a.bias[group(b) * Kg + kc]) : 0.f;
       const float v = relu_keep_nan(to_f(from_f<T>(th.acc[k] + bias)));
       if (pool_takes(v, th.best[k])) {
         th.best[k] = v;
@@ -264,7 +274,7 @@ struct DirectConv {
     for (int k = 0; k < KB; ++k) {
       const idx kc = channel(b, tid, k);
       if (kc >= Kg) continue;
-      const idx kk = b.z * Kg + kc;
+      const idx kk = group(b) * Kg + kc;
       if (POOL) {
         a.out.at(th.n, kk, th.ph, th.pw) = from_f<T>(th.best[k]);
         if (a.pos.p) a.pos.store(th.n, kk, th.ph, th.pw, th.best[k] <= 0.f ? -1 : th.q[k]);

@@ -57,6 +57,8 @@ struct GemmArgs {
   View<T> out;         // kFwd: y; kFwdPool: pooled output; kDgrad: gi
   PosView pos;         // kFwdPool: window positions (p == null: not wanted)
   float* ws;           // kWgrad: [splits][K][C/g*R*S]
+  const void* tap_table;  // kFwd / kFwdPool: Tap[Kred]; kDgrad: DTap[Kred] (TapTable below): the reduction
+                          // index decoded once per call, not per element and step
   ConvGeom g;
   PoolGeom p;          // kFwdPool: p.H, p.W = conv output size
   idx M, N, Kred;      // GEMM sizes per group
@@ -282,11 +284,11 @@ struct ConvGemm {
   }
   CNNFAST_HD ARed red_a(idx grp, idx k, idx k_end) const {
     if constexpr (KIND == kDgrad) {
-      return k < k_end ? dtap_of(a, k) : DTap{0, -kFar, 0};
+      return k < k_end ? static_cast<const DTap*>(a.tap_table)[k] : DTap{0, -kFar, 0};
     } else if constexpr (KIND == kWgrad) {
       return k < k_end ? pix_of(a, grp, k, a.Kred) : Pix{0, kFar, 0};
     } else {
-      return k < k_end ? tap_of(a, k) : Tap{0, kFar, 0};
+      return k < k_end ? static_cast<const Tap*>(a.tap_table)[k] : Tap{0, kFar, 0};
     }
   }
   CNNFAST_HD E load_a(const AFix& f, const ARed& r) const {
@@ -456,6 +458,27 @@ struct ConvGemm {
       }
       a.out.at(img, k, ph, pw) = from_f<T>(best);
       if (a.pos.p) a.pos.store(img, k, ph, pw, best <= 0.f ? -1 : best_q);
+    }
+  }
+};
+
+// The reduction-index table of kFwd / kFwdPool (Tap, DGRAD = false) or kDgrad (DTap): entry k is the
+// decoded index k, for k < Kred, so that the GEMM's gathers do no division per element.
+template <typename T, bool DGRAD>
+struct TapTable : ElementwiseProgram {
+  GemmArgs<T> a;
+  void* table;
+
+  Grid grid() const { return Grid{blocks_for(a.Kred, kThreads), 1, 1}; }
+  std::string describe() const { return std::string("tap_table ") + (DGRAD ? "dgrad" : "fwd"); }
+
+  CNNFAST_HD void store(void*, Thread&, int tid, const Block& b) const {
+    const idx k = b.x * kThreads + tid;
+    if (k >= a.Kred) return;
+    if (DGRAD) {
+      static_cast<DTap*>(table)[k] = dtap_of(a, k);
+    } else {
+      static_cast<Tap*>(table)[k] = tap_of(a, k);
     }
   }
 };

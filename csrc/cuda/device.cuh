@@ -17,7 +17,7 @@ namespace cnnfast {
 namespace cuda {
 
 template <class P>
-__global__ void __launch_bounds__(P::kThreads) run_program(const P prog) {
+__global__ void __launch_bounds__(P::kThreads, 1) run_program(const P prog) {
   extern __shared__ __align__(128) unsigned char smem[];
   typename P::Thread th;
   const Block b{static_cast<idx>(blockIdx.x), static_cast<idx>(blockIdx.y), static_cast<idx>(blockIdx.z)};
@@ -132,16 +132,10 @@ struct DeviceExec {
 
   template <class P>
   void launch(const P& prog) const {
+    check_launch(prog);
     const Grid g = prog.grid();
-    TORCH_CHECK(g.x >= 1 && g.x <= 0x7fffffff && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535,
-                "cnnfast: a CUDA grid of ", g.x, " x ", g.y, " x ", g.z, " blocks is out of range");
-    const size_t smem = prog.smem_bytes();
-    if (smem > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(run_program<P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-    }
     run_program<P><<<dim3(static_cast<unsigned>(g.x), static_cast<unsigned>(g.y), static_cast<unsigned>(g.z)),
-                     P::kThreads, smem, stream>>>(prog);
+                     P::kThreads, prog.smem_bytes(), stream>>>(prog);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // bfloat16 and TF32 wmma need sm_80 or newer (the build's own floor; checked for a newer PTX JIT too).

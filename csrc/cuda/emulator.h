@@ -40,8 +40,20 @@ struct EmulatedTensorCore {
       return static_cast<float>(v);
     }
   }
+  // wmma's preconditions, which the hardware does not check: 256-bit aligned tile pointers and a
+  // leading dimension of a multiple of 16 bytes (the emulator's shared memory is 128-byte aligned, as
+  // the device's is, so absolute addresses tell).
+  static void check_tile(const void* p, int ld, size_t elem) {
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 32 == 0 && (ld * elem) % 16 == 0,
+                "cnnfast: a wmma tile at ", p, " with leading dimension ", ld, " breaks wmma's alignment rules");
+  }
   static void zero(Acc& acc) { std::memset(acc.v, 0, sizeof(acc.v)); }
   static void step(Acc& acc, const T* As, int lda, const T* Bs, int ldb, int m0, int n0, int bk, int) {
+    for (int k = 0; k < bk; k += kK)
+      for (int t = 0; t < 2; ++t) {
+        check_tile(As + k * lda + m0 + 16 * t, lda, sizeof(T));
+        check_tile(Bs + k * ldb + n0 + 16 * t, ldb, sizeof(T));
+      }
     for (int k = 0; k < bk; ++k)
       for (int m = 0; m < kWarpTile; ++m) {
         const float av = operand(As[k * lda + m0 + m]);
@@ -49,6 +61,8 @@ struct EmulatedTensorCore {
       }
   }
   static void store(float* Cs, int ldc, const Acc& acc, int m0, int n0, int) {
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) check_tile(Cs + (n0 + 16 * j) * ldc + m0 + 16 * i, ldc, sizeof(float));
     for (int n = 0; n < kWarpTile; ++n)
       for (int m = 0; m < kWarpTile; ++m) Cs[(n0 + n) * ldc + m0 + m] = acc.v[m][n];
   }
@@ -109,6 +123,7 @@ struct EmulatorExec {
       const std::lock_guard<std::mutex> lock(launch_log_mutex());
       launch_log().push_back(prog.describe());
     }
+    check_launch(prog);
     emulate(prog);
   }
   bool tensor_cores() const { return true; }

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -51,11 +52,33 @@ inline PosView pos_of(const std::optional<at::Tensor>& pos) {
   return PosView{t.data_ptr(), static_cast<int>(t.element_size()), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// A temporary the kernels fill: NaN (all bytes 0xff for integer scratch) when the test suite asks for
+// poisoned outputs ($CNNFAST_POISON=1), so that an element a kernel forgets to write cannot pass.
+inline bool poisoning() {
+  const char* env = std::getenv("CNNFAST_POISON");
+  return env && env[0] == '1' && env[1] == 0;
+}
+
+inline at::Tensor poison(at::Tensor t) {
+  if (poisoning()) {
+    if (t.is_floating_point()) {
+      t.fill_(std::numeric_limits<float>::quiet_NaN());
+    } else {
+      t.fill_(-1);
+    }
+  }
+  return t;
+}
+
+inline at::Tensor scratch(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return poison(at::empty(sizes, options));
+}
+
 // A tensor of `dtype` the kernels can write for `out`: out itself, or a temporary copied back.
 struct TypedOut {
   at::Tensor out, t;
   TypedOut(const at::Tensor& o, at::ScalarType dtype)
-      : out(o), t(o.scalar_type() == dtype ? o : at::empty_like(o, o.options().dtype(dtype))) {}
+      : out(o), t(o.scalar_type() == dtype ? o : poison(at::empty_like(o, o.options().dtype(dtype)))) {}
   void finish() {
     if (!t.is_same(out)) out.copy_(t);
   }
@@ -185,9 +208,21 @@ void launch_gemm_tiles(const Exec& exec, GemmArgs<T> a) {
   exec.launch(P{a});
 }
 
-// Launches kind KIND with the tile width and multiply policy the dtype and shape call for.
+// Launches kind KIND with the tile width and multiply policy the dtype and shape call for (after the
+// tap table the forward and input-gradient gathers read).
 template <int KIND, typename T, class Exec>
-void launch_gemm(const Exec& exec, const GemmArgs<T>& a, bool allow_tf32) {
+void launch_gemm(const Exec& exec, GemmArgs<T> a, bool allow_tf32, const at::Tensor& like) {
+  at::Tensor table;
+  if constexpr (KIND != kWgrad) {
+    constexpr bool dgrad = KIND == kDgrad;
+    table = scratch({static_cast<int64_t>(a.Kred) * static_cast<int64_t>(dgrad ? sizeof(DTap) : sizeof(Tap))},
+                    like.options().dtype(at::kChar));
+    TapTable<T, dgrad> prog;
+    prog.a = a;
+    prog.table = table.data_ptr();
+    exec.launch(prog);
+    a.tap_table = table.data_ptr();
+  }
   auto by_width = [&](auto mma) {
     using Mma = decltype(mma);
     if (a.N <= 32) {
@@ -258,7 +293,7 @@ void conv2d_fwd(const at::Tensor& x, const at::Tensor& weight, const std::option
       a.out = d.out;
       a.pos = d.pos;
       a.M = static_cast<idx>(nc * g.OH * g.OW), a.N = static_cast<idx>(g.Kg()), a.Kred = static_cast<idx>(g.Cg() * g.R * g.S);
-      launch_gemm<kFwd>(exec, a, allow_tf32);
+      launch_gemm<kFwd>(exec, a, allow_tf32, x);
     }
   });
   y.finish();
@@ -320,7 +355,7 @@ void conv2d_input_grad(const at::Tensor& grad, const at::Tensor& weight, at::Int
       a.w = w.const_data_ptr<scalar_t>();
       a.out = view_of<scalar_t>(gic);
       a.M = static_cast<idx>(nc * f.H * f.W), a.N = static_cast<idx>(Cg), a.Kred = static_cast<idx>(Kg * f.R * f.S);
-      launch_gemm<kDgrad>(exec, a, allow_tf32);
+      launch_gemm<kDgrad>(exec, a, allow_tf32, out);
     }
   });
   gi.finish();
@@ -362,7 +397,7 @@ void conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArra
   int64_t all_splits = 0;
   for (int64_t c = 0; c < chunks; ++c) all_splits += splits[c] = splits_of(std::min(chunk, g.N - c * chunk));
   TORCH_CHECK(all_splits < (int64_t{1} << 31), op, ": too many splits");
-  at::Tensor ws = at::empty({all_splits, total}, x.options().dtype(at::kFloat));
+  at::Tensor ws = scratch({all_splits, total}, x.options().dtype(at::kFloat));
   CNNFAST_DISPATCH_FLOAT(dtype, "cnnfast_cuda_conv2d_weight_grad", [&] {
     int64_t first = 0;
     for (int64_t c = 0; c < chunks; ++c) {
@@ -382,7 +417,7 @@ void conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArra
         a.splits = sp;
         const int64_t steps = (P + kWgradBK - 1) / kWgradBK;
         a.steps_per_split = static_cast<idx>((steps + sp - 1) / sp);
-        launch_gemm<kWgrad>(exec, a, allow_tf32);
+        launch_gemm<kWgrad>(exec, a, allow_tf32, x);
       } else {
         WgradDirect<scalar_t> prog;
         prog.x = view_of<const scalar_t>(xc);
@@ -427,7 +462,7 @@ void bias_grad(const char* op, const at::Tensor& grad, const std::optional<at::T
     gb.finish();
     return;
   }
-  at::Tensor ws = at::empty({all_splits, K}, grad.options().dtype(at::kFloat));
+  at::Tensor ws = scratch({all_splits, K}, grad.options().dtype(at::kFloat));
   CNNFAST_DISPATCH_FLOAT(grad.scalar_type(), "cnnfast_cuda_bias_grad", [&] {
     int64_t first = 0;
     for (int64_t c = 0; c < chunks; ++c) {
@@ -560,7 +595,7 @@ void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optiona
       a.pos = d.pos;
       a.p = p;
       a.N = static_cast<idx>(g.Kg()), a.Kred = static_cast<idx>(g.Cg() * g.R * g.S);
-      launch_gemm<kFwdPool>(exec, a, allow_tf32);
+      launch_gemm<kFwdPool>(exec, a, allow_tf32, x);
     }
   });
 }
@@ -570,7 +605,7 @@ void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optiona
 template <class Exec>
 at::Tensor unpool(const Exec& exec, const char* op, const at::Tensor& grad, const at::Tensor& pos, const PoolGeom& p) {
   const int64_t N = grad.size(0), K = grad.size(1);
-  at::Tensor dy = at::empty({N, K, p.H, p.W}, grad.options().dtype(at::kFloat));
+  at::Tensor dy = scratch({N, K, p.H, p.W}, grad.options().dtype(at::kFloat));
   if (dy.numel() == 0) return dy;
   const int64_t chunk = batch_chunk(op, N, K * std::max(p.H * p.W, p.OH * p.OW));
   CNNFAST_DISPATCH_FLOAT(grad.scalar_type(), "cnnfast_cuda_unpool", [&] {

@@ -31,8 +31,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include "../common/geometry.h"
@@ -73,6 +75,23 @@ struct ElementwiseProgram {
 inline std::string dtype_name(float) { return "float32"; }
 inline std::string dtype_name(c10::Half) { return "float16"; }
 inline std::string dtype_name(c10::BFloat16) { return "bfloat16"; }
+
+// What a CUDA device demands of a launch, checked by both execution contexts, so that the emulator
+// refuses what a GPU would: a grid within 2^31-1 x 65535 x 65535 blocks, at most 48 KiB of shared
+// memory (the default opt-in limit), whole warps of at most 1024 threads, and a kernel parameter
+// that is trivially copyable and within the 4 KiB parameter space.
+template <class P>
+void check_launch(const P& prog) {
+  static_assert(std::is_trivially_copyable<P>::value, "a block program is a kernel parameter: trivially copyable");
+  static_assert(sizeof(P) <= 4096, "a block program must fit the 4 KiB kernel parameter space");
+  static_assert(P::kThreads % 32 == 0 && P::kThreads <= 1024, "blocks of whole warps, at most 1024 threads");
+  const Grid g = prog.grid();
+  TORCH_CHECK(g.x >= 1 && g.x <= 0x7fffffff && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535,
+              "cnnfast: a CUDA grid of ", g.x, " x ", g.y, " x ", g.z, " blocks is out of range (", prog.describe(),
+              ")");
+  TORCH_CHECK(prog.smem_bytes() <= 48 * 1024, "cnnfast: ", prog.smem_bytes(), " bytes of shared memory (",
+              prog.describe(), ") exceed 48 KiB");
+}
 
 // Blocks of `threads` threads covering `n` elements.
 inline int64_t blocks_for(int64_t n, int64_t threads) { return n > 0 ? (n + threads - 1) / threads : 1; }

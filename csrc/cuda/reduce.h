@@ -34,7 +34,8 @@ struct WgradDirect : ElementwiseProgram {
     const idx s = e % S, r = (e / S) % R, c = (e / (S * R)) % Cg, k = e / crs;
     const idx cx = (k / Kg) * Cg + c;
     const idx OW = static_cast<idx>(g.OW), OH = static_cast<idx>(g.OH), P = static_cast<idx>(g.N) * OH * OW;
-    const idx p0 = b.y * per_split, p1 = p0 + per_split < P ? p0 + per_split : P;
+    // p0 + per_split may pass INT32_MAX for the last split: compare the distances instead
+    const idx p0 = b.y * per_split, p1 = per_split < P - p0 ? p0 + per_split : P;
     float acc = 0.f;
     for (idx p = p0; p < p1; ++p) {
       const idx ow = p % OW, oh = (p / OW) % OH, n = p / (OW * OH);
@@ -68,9 +69,10 @@ struct BiasGradPartial {
 
   CNNFAST_HD void begin(Thread& th, int tid, const Block& b) const {
     const idx k = b.x, P = N * OH * OW;
-    const idx p0 = b.y * per_split, p1 = p0 + per_split < P ? p0 + per_split : P;
+    const idx p0 = b.y * per_split, p1 = per_split < P - p0 ? p0 + per_split : P;
     float acc = 0.f;
-    for (idx p = p0 + tid; p < p1; p += kThreads) {
+    for (int64_t p64 = p0 + tid; p64 < p1; p64 += kThreads) {
+      const idx p = static_cast<idx>(p64);
       const idx ow = p % OW, oh = (p / OW) % OH, n = p / (OW * OH);
       const float v = to_f(dy.at(n, k, oh, ow));
       acc += (mask.p && mask.load(n, k, oh, ow) < 0) ? 0.f : v;
