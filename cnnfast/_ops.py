@@ -357,7 +357,13 @@ class _FusedFunction(torch.autograd.Function):
 def run_conv2d(x, weight, bias, *args):
     """``conv2d`` (the custom op's arguments after ``bias``): the eager path or the custom op."""
     if _eager(x, weight, bias):
-        return _Conv2dFunction.apply(x, weight, bias, *args)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return _Conv2dFunction.apply(x, weight, bias, *args)
+        # Nothing to differentiate: the launcher alone (Function.apply costs ~15 us even then).
+        stride, padding, dilation, groups, out_size, channels_last, allow_tf32, backend = args
+        return kernels(backend).conv2d_forward(
+            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(out_size),
+            channels_last=channels_last, allow_tf32=allow_tf32)
     return conv2d(x, weight, bias, *args)
 
 

@@ -163,6 +163,16 @@ def resolve(backend, op: str, tensor: torch.Tensor) -> str:
 
 def kernels(name: str):
     """The module holding backend ``name``'s launchers (same names and signatures for every backend)."""
+    launchers = _KERNELS.get(name)
+    if launchers is None:
+        launchers = _KERNELS[name] = _import_kernels(name)
+    return launchers
+
+
+_KERNELS = {}
+
+
+def _import_kernels(name: str):
     if name == "triton":
         return importlib.import_module("cnnfast.kernels")
     if name in ("cuda", "cpu"):
