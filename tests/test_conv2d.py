@@ -20,6 +20,13 @@ CASES = {
     "same_dilated": ((1, 3, 8, 7), (4, 3, 2, 3), dict(padding="same", dilation=2)),
     "valid": ((2, 3, 6, 7), (4, 3, 3, 2), dict(padding="valid")),
     "wide_channels": ((2, 40, 5, 5), (36, 40, 3, 3), dict(padding=1)),
+    # Output channels per group a multiple of 8: the CPU engine's channel-vectorised path (8, 16, 24, 32
+    # channels take 1 to 4 vectors per tile; 16 input channels x 3x3 split the reduction into blocks;
+    # the input gradient of the 16- and 8-channel inputs takes it too, over the zero-upsampled dy).
+    "k32_reduction_blocks": ((2, 16, 7, 5), (32, 16, 3, 3), dict(padding=1)),
+    "k24_stride2_dil2": ((2, 5, 11, 10), (24, 5, 3, 3), dict(stride=2, padding=2, dilation=2)),
+    "k8_groups2": ((2, 6, 9, 7), (16, 3, 3, 3), dict(groups=2, padding=(0, 1))),
+    "c8_stride2": ((2, 8, 9, 8), (12, 8, 3, 3), dict(stride=2, padding=1)),
     "batch_zero": ((0, 3, 6, 6), (4, 3, 3, 3), {}),
 }
 
@@ -79,14 +86,28 @@ def test_conv2d_matches_float64_reference(case, backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
-@pytest.mark.parametrize("case", ["net_conv1", "stride_1x2_pad_2x1_dil2", "groups2", "wide_channels"])
+@pytest.mark.parametrize("case", ["net_conv1", "stride_1x2_pad_2x1_dil2", "groups2", "wide_channels",
+                                  "k32_reduction_blocks"])
 def test_conv2d_low_precision_within_twice_stock_error(case, dtype, backend):
     _check(case, dtype, backend)
 
 
-@pytest.mark.parametrize("case", ["net_conv1", "stride2_pad1", "depthwise", "same_even_kernel"])
+@pytest.mark.parametrize("case", ["net_conv1", "stride2_pad1", "depthwise", "same_even_kernel", "k32_reduction_blocks"])
 def test_conv2d_channels_last_matches_reference_and_keeps_layout(case, backend):
     _check(case, torch.float32, backend, channels_last=True)
+
+
+@pytest.mark.parametrize("case", ["net_conv2", "k32_reduction_blocks"])
+def test_conv2d_without_autograd_gives_the_same_bits(case, backend):
+    """Calls with nothing to differentiate skip autograd; the result must not change."""
+    x, w, b, kwargs = _inputs(case, torch.float32)
+    with_grad = cf.conv2d(x, w, b, **kwargs, backend=backend)
+    with torch.no_grad():
+        no_grad = cf.conv2d(x, w, b, **kwargs, backend=backend)
+    plain = cf.conv2d(x.detach(), w.detach(), b.detach(), **kwargs, backend=backend)
+    assert with_grad.grad_fn is not None and no_grad.grad_fn is None and plain.grad_fn is None
+    assert torch.equal(no_grad, with_grad.detach()) and torch.equal(plain, with_grad.detach())
+    assert_matches(no_grad, _reference(x, w, b, kwargs, torch.ones_like(no_grad))[0], torch.float32)
 
 
 def test_conv2d_unbatched_input_gives_unbatched_output(backend):

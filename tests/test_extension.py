@@ -1,5 +1,6 @@
 """The C++/CUDA extension itself: its ops pass opcheck, backward repeats bit for bit, offsets past
-2**31 elements work on the CPU, and the built CUDA kernels spill no registers."""
+2**31 elements work on the CPU, the baseline CPU engine passes the CPU tests, and the built CUDA
+kernels spill no registers."""
 import os
 
 import pytest
@@ -115,3 +116,21 @@ def test_built_cuda_kernels_use_no_local_memory():
         assert program in kernels, f"{program} is not in the binary: {sorted(kernels)}"
     spilling = [r for r in rows if r["stack"] or r["local"]]
     assert not spilling, f"kernels with stack or local memory (spills): {spilling}"
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU engine's fallback is tested on CPU machines")
+def test_baseline_cpu_engine_passes_the_cpu_tests():
+    """The engine is built twice, AVX2+FMA (chosen here) and a baseline for other CPUs; the baseline
+    copy (forced by CNNFAST_CPU_ISA=baseline) runs the conv, pool and fused tests on "cpu" too."""
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, CNNFAST_CPU_ISA="baseline")
+    probe = subprocess.run([sys.executable, "-c", "import cnnfast._C as C; print(C.cpu_isa())"], env=env,
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "baseline"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpu and not emulated",
+                          *(os.path.join(here, f) for f in ("test_conv2d.py", "test_fused.py", "test_max_pool2d.py"))],
+                         env=env, capture_output=True, text=True, cwd=here)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout

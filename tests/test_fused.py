@@ -25,6 +25,9 @@ CASES = {
                        dict(pool_kernel_size=3, pool_stride=2, pool_ceil_mode=True)),
     "same_even_kernel": ((1, 3, 9, 8), (4, 3, 4, 2), dict(padding="same"), dict(pool_kernel_size=(2, 3))),
     "wide_channels_no_bias": ((2, 40, 6, 6), (36, 40, 3, 3), dict(padding=1, bias=False), dict(pool_kernel_size=2)),
+    # 8 input channels: the input gradient runs the CPU engine's channel-vectorised conv over the
+    # gradient rebuilt from the window positions.
+    "c8_k16": ((2, 8, 9, 10), (16, 8, 3, 3), dict(padding=1), dict(pool_kernel_size=2)),
     "batch_zero": ((0, 3, 6, 6), (4, 3, 3, 3), {}, dict(pool_kernel_size=2)),
 }
 

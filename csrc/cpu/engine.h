@@ -11,8 +11,11 @@
 // vector loads of P (shared by the KB channels) and KB weight broadcasts (from weights packed as
 // [c][r][s][KB]) feed KB * NV FMAs. Rows land in a small row buffer; the conv op adds bias and
 // stores, the fused op rounds, applies ReLU and max-pools the rows of each pool window straight
-// from that buffer, so the conv output is never stored. The weight gradient is the same packing
-// with a reduction over output pixels: per (c, r, s), KB vector accumulators over dy rows.
+// from that buffer, so the conv output is never stored. Where the output channels per group are a
+// multiple of V, conv and fused forward vectorise across channels instead (cvec_taps: TB pixels x KV
+// channel vectors per tile), which wastes no lanes on short rows and reads strided input as scalars.
+// The weight gradient is the same packing with a reduction over output pixels: per (c, r, s), KB
+// vector accumulators over dy rows.
 
 constexpr int V = CNNFAST_V;
 typedef float vf __attribute__((vector_size(CNNFAST_V * 4)));
@@ -289,6 +292,87 @@ static void conv_rows_range(const RowPlan& pl, int64_t n, int64_t g_, int64_t oh
   }
 }
 
+// ---- a channel-vectorised register tile -----------------------------------------------------------
+// The GEMM view of a convolution: M = output pixels, N = output channels (in vectors), K = Cg*R*S.
+// acc[t][v] = sum over i < crs of w[i * Kg + v * V + lane] * P[pix[t] + toff[i]], t < TB, v < KV: per
+// reduction index, KV weight vectors and TB input broadcasts feed KV * TB FMAs, in index order (one
+// chain per output element, as conv_row sums). Weights packed as [crs][Kg] (cvec_weights). With `init`,
+// the sums continue from init[t * KV + v] (which may be `out`): a reduction split into blocks of
+// indices gives the same bits as one pass.
+template <int KV, int TB>
+static void cvec_taps(const float* P, const int64_t* pix, const int64_t* toff, int64_t crs, const float* w,
+                      int64_t Kg, const vf* init, vf* out) {
+  vf acc[TB][KV];
+#pragma GCC unroll 8
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) acc[t][v] = init ? init[t * KV + v] : vsplat(0.f);
+  const float* pt[TB];
+#pragma GCC unroll 8
+  for (int t = 0; t < TB; ++t) pt[t] = P + pix[t];
+  for (int64_t i = 0; i < crs; ++i) {
+    const int64_t o = toff[i];
+    vf wv[KV];
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) wv[v] = vload(w + i * Kg + v * V);
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) {
+      const vf xb = vbcast(pt[t] + o);
+#pragma GCC unroll 4
+      for (int v = 0; v < KV; ++v) acc[t][v] += wv[v] * xb;
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) out[t * KV + v] = acc[t][v];
+}
+
+using CvecFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, const float*, int64_t, const vf*,
+                        vf*);
+
+// Tiles of KV * TB <= CNNFAST_ACC accumulators only (anything larger would spill).
+template <int KV>
+static CvecFn cvec_fn_tb(int tb) {
+  constexpr int M = CNNFAST_ACC / KV < 8 ? CNNFAST_ACC / KV : 8;
+  switch (tb < M ? tb : M) {
+    case 8: return cvec_taps<KV, (M >= 8 ? 8 : 1)>;
+    case 7: return cvec_taps<KV, (M >= 7 ? 7 : 1)>;
+    case 6: return cvec_taps<KV, (M >= 6 ? 6 : 1)>;
+    case 5: return cvec_taps<KV, (M >= 5 ? 5 : 1)>;
+    case 4: return cvec_taps<KV, (M >= 4 ? 4 : 1)>;
+    case 3: return cvec_taps<KV, (M >= 3 ? 3 : 1)>;
+    case 2: return cvec_taps<KV, (M >= 2 ? 2 : 1)>;
+    default: return cvec_taps<KV, 1>;
+  }
+}
+
+static CvecFn cvec_fn(int kv, int tb) {
+  return kv >= 4 ? cvec_fn_tb<4>(tb) : kv == 3 ? cvec_fn_tb<3>(tb) : kv == 2 ? cvec_fn_tb<2>(tb) : cvec_fn_tb<1>(tb);
+}
+
+// Channel vectors per tile for Kg = nkv * V channels: 4, 3, 2 or 1 (a divisor of nkv), leaving room
+// for at least 2 pixels (taps).
+static int cvec_kv(int64_t nkv) {
+  int kv = nkv % 4 == 0 ? 4 : nkv % 3 == 0 ? 3 : nkv % 2 == 0 ? 2 : 1;
+  while (kv > 1 && 2 * kv > CNNFAST_ACC) kv /= 2;  // (never for the AVX2 build)
+  return kv;
+}
+
+// Weights of every group as [g][crs][Kg] (channels fastest, for cvec_taps' vector loads).
+static void cvec_weights(const float* w, int64_t G, int64_t Kg, int64_t crs, float* dst) {
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t i = 0; i < crs; ++i) dst[(gi * crs + i) * Kg + k] = w[(gi * Kg + k) * crs + i];
+}
+
+// Offsets into P[c][HP][WP] of every reduction index (c, r, s).
+static void cvec_tap_offsets(const ConvGeom& g, int64_t Cg, int64_t HP, int64_t WP, int64_t* to) {
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) to[(c * g.R + r) * g.S + s] = (c * HP + r * g.dh) * WP + s * g.dw;
+}
+
 // ---- conv forward ---------------------------------------------------------------------------------
 
 struct ConvCtx {
@@ -328,8 +412,99 @@ static int64_t row_chunks(int64_t images, int64_t rows) {
   return images >= want ? 1 : imin(rows, cdiv(want, images > 0 ? images : 1));
 }
 
+// ---- conv forward, vectorised over output channels --------------------------------------------------
+// For Kg a multiple of V (the Net's second conv, 6 -> 16 channels with 13-wide rows, and the wide
+// layers of converted models, where conv_row's row blocks would waste lanes or gather strided input).
+// A work item (n, g, a chunk of output rows) packs its input rows once; then, per block of KV channel
+// vectors and per block of reduction indices whose weights fit the L1 cache, tiles of TB output pixels,
+// row-major over the chunk, run cvec_taps into per-pixel sums; bias is added and each pixel's channel
+// vector is stored (one vector store where the output's channels are contiguous, channels_last; else
+// lane by lane).
+
+struct ConvCvecCtx {
+  const ConvFwdArgs* a;
+  const float* w;  // [g][crs][Kg]
+  int64_t Cg, Kg, G, WP, chunks, rows_per_chunk;
+  int KV, TB;
+};
+
+static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
+  const ConvCvecCtx& cx = *static_cast<ConvCvecCtx*>(vctx);
+  const ConvFwdArgs& a = *cx.a;
+  const ConvGeom& g = a.g;
+  const View4& y = a.y;
+  const int64_t crs = cx.Cg * g.R * g.S, nkv = cx.Kg / V;
+  const int64_t HPmax = (cx.rows_per_chunk - 1) * g.sh + (g.R - 1) * g.dh + 1, Mmax = cx.rows_per_chunk * g.OW;
+  // The reduction in blocks of KC indices, whose weights (KC x KV vectors, 16 KiB) stay in the L1 cache
+  // while every pixel of the chunk passes; the pixels' sums carry over from block to block.
+  const int64_t KC = imax(1, 16384 / (cx.KV * V * 4));
+  Scratch P(cx.Cg * HPmax * cx.WP * 4), toff(crs * 8), pix(Mmax * 8), dst(Mmax * 8), sums(Mmax * cx.KV * V * 4);
+  int64_t* to = static_cast<int64_t*>(toff.p);
+  int64_t* px = static_cast<int64_t*>(pix.p);
+  int64_t* yo = static_cast<int64_t*>(dst.p);
+  vf* sm = static_cast<vf*>(sums.p);
+  const CvecFn fn_full = cvec_fn(cx.KV, cx.TB);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t ch = item % cx.chunks, g_ = (item / cx.chunks) % cx.G, n = item / (cx.chunks * cx.G);
+    const int64_t oh_lo = ch * cx.rows_per_chunk, oh_hi = imin(g.OH, oh_lo + cx.rows_per_chunk);
+    const int64_t HP = (oh_hi - 1 - oh_lo) * g.sh + (g.R - 1) * g.dh + 1, M = (oh_hi - oh_lo) * g.OW;
+    pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP,
+         P.f());
+    cvec_tap_offsets(g, cx.Cg, HP, cx.WP, to);
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t oh = oh_lo + m / g.OW, ow = m % g.OW;
+      px[m] = (oh - oh_lo) * g.sh * cx.WP + ow * g.sw;
+      yo[m] = n * y.s0 + oh * y.s2 + ow * y.s3;
+    }
+    for (int64_t kv0 = 0; kv0 < nkv; kv0 += cx.KV) {
+      const int64_t k0 = g_ * cx.Kg + kv0 * V;
+      const float* wk = cx.w + g_ * crs * cx.Kg + kv0 * V;
+      for (int64_t i0 = 0; i0 < crs; i0 += KC) {
+        const int64_t kc = imin(KC, crs - i0);
+        for (int64_t m0 = 0; m0 < M; m0 += cx.TB) {
+          const int tb = (int)imin(cx.TB, M - m0);
+          vf* s_m = sm + m0 * cx.KV;
+          (tb == cx.TB ? fn_full : cvec_fn(cx.KV, tb))(P.f(), px + m0, to + i0, kc, wk + i0 * cx.Kg, cx.Kg,
+                                                        i0 == 0 ? nullptr : s_m, s_m);
+        }
+      }
+      vf bias[4];
+      for (int v = 0; v < cx.KV; ++v) bias[v] = a.bias ? vload(a.bias + k0 + v * V) : vsplat(0.f);
+      for (int64_t m = 0; m < M; ++m)
+        for (int v = 0; v < cx.KV; ++v) {
+          const vf r = sm[m * cx.KV + v] + bias[v];
+          float* d = y.p + yo[m] + (k0 + v * V) * y.s1;
+          if (y.s1 == 1) {
+            vstore(d, r);
+          } else {
+            for (int l = 0; l < V; ++l) d[l * y.s1] = r[l];
+          }
+        }
+    }
+  }
+}
+
+static void conv_cvec_forward(const ConvFwdArgs& a, ParallelFn parallel) {
+  const ConvGeom& g = a.g;
+  const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S;
+  Scratch w(G * crs * Kg * 4);
+  cvec_weights(a.w, G, Kg, crs, w.f());
+  ConvCvecCtx cx;
+  cx.a = &a;
+  cx.w = w.f();
+  cx.Cg = Cg, cx.Kg = Kg, cx.G = G;
+  cx.KV = cvec_kv(Kg / V);
+  cx.TB = (int)imin(8, CNNFAST_ACC / cx.KV);
+  cx.WP = (g.OW - 1) * g.sw + (g.S - 1) * g.dw + 1;
+  const int64_t chunks = row_chunks(g.N * G, g.OH);
+  cx.rows_per_chunk = cdiv(g.OH, chunks);
+  cx.chunks = cdiv(g.OH, cx.rows_per_chunk);
+  parallel(g.N * G * cx.chunks, &cx, conv_cvec_body);
+}
+
 static void conv_forward_impl(const ConvFwdArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
+  if (g.Kg() % V == 0 && g.OH > 0 && g.OW > 0) return conv_cvec_forward(a, parallel);
   PackedWeights wp(a.w, g.groups, g.Kg(), g.Cg() * g.R * g.S);
   ConvCtx cx;
   make_plan(cx.pl, a, &wp);
@@ -563,47 +738,6 @@ struct CvecCtx {
   int KV, TB;
 };
 
-// acc[t][v] = sum over i < crs of w[i * Kg + v * V + lane] * P[pix[t] + toff[i]], t < TB, v < KV.
-template <int KV, int TB>
-static void cvec_taps(const float* P, const int64_t* pix, const int64_t* toff, int64_t crs, const float* w,
-                      int64_t Kg, vf* out) {
-  vf acc[TB][KV];
-#pragma GCC unroll 4
-  for (int t = 0; t < TB; ++t)
-#pragma GCC unroll 4
-    for (int v = 0; v < KV; ++v) acc[t][v] = vsplat(0.f);
-  const float* pt[TB];
-#pragma GCC unroll 4
-  for (int t = 0; t < TB; ++t) pt[t] = P + pix[t];
-  for (int64_t i = 0; i < crs; ++i) {
-    const int64_t o = toff[i];
-    vf wv[KV];
-#pragma GCC unroll 4
-    for (int v = 0; v < KV; ++v) wv[v] = vload(w + i * Kg + v * V);
-#pragma GCC unroll 4
-    for (int t = 0; t < TB; ++t) {
-      const vf xb = vbcast(pt[t] + o);
-#pragma GCC unroll 4
-      for (int v = 0; v < KV; ++v) acc[t][v] += wv[v] * xb;
-    }
-  }
-#pragma GCC unroll 4
-  for (int t = 0; t < TB; ++t)
-#pragma GCC unroll 4
-    for (int v = 0; v < KV; ++v) out[t * KV + v] = acc[t][v];
-}
-
-using CvecFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, const float*, int64_t, vf*);
-
-template <int KV>
-static CvecFn cvec_fn_tb(int tb) {
-  return tb >= 4 ? cvec_taps<KV, 4> : tb == 3 ? cvec_taps<KV, 3> : tb == 2 ? cvec_taps<KV, 2> : cvec_taps<KV, 1>;
-}
-
-static CvecFn cvec_fn(int kv, int tb) {
-  return kv >= 4 ? cvec_fn_tb<4>(tb) : kv == 3 ? cvec_fn_tb<3>(tb) : kv == 2 ? cvec_fn_tb<2>(tb) : cvec_fn_tb<1>(tb);
-}
-
 template <class PosT>
 static void cvec_store(const FusedFwdArgs& f, int64_t n, int64_t k0, int64_t ph, int64_t pw, vf best, vi q) {
   const View4& o = f.conv.y;
@@ -637,9 +771,7 @@ static void cvec_body(void* vctx, int64_t begin, int64_t end) {
     const int64_t HP = (oh_hi - oh_lo) * g.sh + (g.R - 1) * g.dh + 1;
     pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP,
          P.f());
-    for (int64_t c = 0; c < cx.Cg; ++c)
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s) to[(c * g.R + r) * g.S + s] = (c * HP + r * g.dh) * cx.WP + s * g.dw;
+    cvec_tap_offsets(g, cx.Cg, HP, cx.WP, to);
     for (int64_t ph = ph_lo; ph < ph_hi; ++ph)
       for (int64_t pw = 0; pw < p.OW; ++pw) {
         for (int64_t i = 0; i < p.kh; ++i)
@@ -663,7 +795,7 @@ static void cvec_body(void* vctx, int64_t begin, int64_t end) {
           }
           for (int64_t t0 = 0; t0 < NT; t0 += cx.TB) {
             const int tb = (int)imin(cx.TB, NT - t0);
-            (tb == cx.TB ? fn_full : fn_rem)(P.f(), px + t0, to, crs, wk, cx.Kg, ac);
+            (tb == cx.TB ? fn_full : fn_rem)(P.f(), px + t0, to, crs, wk, cx.Kg, nullptr, ac);
             for (int t = 0; t < tb; ++t)
               for (int v = 0; v < cx.KV; ++v) {
                 vf y = ac[t * cx.KV + v] + bias[v];
@@ -702,16 +834,12 @@ static void cvec_forward(const FusedFwdArgs& f, ParallelFn parallel) {
   const ConvGeom& g = f.conv.g;
   const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S;
   Scratch w(G * crs * Kg * 4);
-  for (int64_t gi = 0; gi < G; ++gi)
-    for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t i = 0; i < crs; ++i) w.f()[(gi * crs + i) * Kg + k] = f.conv.w[(gi * Kg + k) * crs + i];
+  cvec_weights(f.conv.w, G, Kg, crs, w.f());
   CvecCtx cx;
   cx.f = &f;
   cx.w = w.f();
   cx.Cg = Cg, cx.Kg = Kg, cx.G = G;
-  const int64_t nkv = Kg / V;
-  cx.KV = nkv % 4 == 0 ? 4 : nkv % 3 == 0 ? 3 : nkv % 2 == 0 ? 2 : 1;
-  while (2 * cx.KV > CNNFAST_ACC) cx.KV /= 2;  // (never for the AVX2 build)
+  cx.KV = cvec_kv(Kg / V);
   cx.TB = (int)imin(imin(4, CNNFAST_ACC / cx.KV), f.pool.kh * f.pool.kw);
   cx.WP = (f.pool.W - 1) * g.sw + (g.S - 1) * g.dw + 1;
   const int64_t chunks = row_chunks(g.N * G, f.pool.OH);
