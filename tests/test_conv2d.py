@@ -23,6 +23,10 @@ CASES = {
     # Output channels per group a multiple of 8: the CPU engine's channel-vectorised path (8, 16, 24, 32
     # channels take 1 to 4 vectors per tile; 16 input channels x 3x3 split the reduction into blocks;
     # the input gradient of the 16- and 8-channel inputs takes it too, over the zero-upsampled dy).
+    # Work items: 5 small images in runs of 4 and 1; one 16x16 image in row chunks, its 40 channels in
+    # splits of 3 and 2 channel blocks.
+    "k16_image_runs": ((5, 3, 8, 8), (16, 3, 3, 3), dict(padding=1)),
+    "k40_channel_splits": ((1, 2, 16, 16), (40, 2, 3, 3), dict(padding=1)),
     "k32_reduction_blocks": ((2, 16, 7, 5), (32, 16, 3, 3), dict(padding=1)),
     "k24_stride2_dil2": ((2, 5, 11, 10), (24, 5, 3, 3), dict(stride=2, padding=2, dilation=2)),
     "k8_groups2": ((2, 6, 9, 7), (16, 3, 3, 3), dict(groups=2, padding=(0, 1))),

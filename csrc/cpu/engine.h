@@ -415,16 +415,18 @@ static int64_t row_chunks(int64_t images, int64_t rows) {
 // ---- conv forward, vectorised over output channels --------------------------------------------------
 // For Kg a multiple of V (the Net's second conv, 6 -> 16 channels with 13-wide rows, and the wide
 // layers of converted models, where conv_row's row blocks would waste lanes or gather strided input).
-// A work item (n, g, a chunk of output rows) packs its input rows once; then, per block of KV channel
-// vectors and per block of reduction indices whose weights fit the L1 cache, tiles of TB output pixels,
-// row-major over the chunk, run cvec_taps into per-pixel sums; bias is added and each pixel's channel
-// vector is stored (one vector store where the output's channels are contiguous, channels_last; else
-// lane by lane).
+// A work item is (a run of B images or a chunk of one image's output rows, group g, a run of channel
+// blocks). It packs its input rows (skipped when the previous item packed the same), then per block of
+// KV channel vectors and per block of reduction indices whose weights fit the L1 cache, tiles of TB
+// output pixels (row-major, across the item's images) run cvec_taps into per-pixel sums; bias is added
+// and each pixel's channel vector is stored (one vector store where the output's channels are
+// contiguous, channels_last; else lane by lane). Small images are taken B at a time so that a block of
+// weights serves enough pixels; deep layers with few items split their channel blocks.
 
 struct ConvCvecCtx {
   const ConvFwdArgs* a;
   const float* w;  // [g][crs][Kg]
-  int64_t Cg, Kg, G, WP, chunks, rows_per_chunk;
+  int64_t Cg, Kg, G, WP, B, chunks, rows_per_chunk, kv_per_split, splits;
   int KV, TB;
 };
 
@@ -434,29 +436,40 @@ static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
   const ConvGeom& g = a.g;
   const View4& y = a.y;
   const int64_t crs = cx.Cg * g.R * g.S, nkv = cx.Kg / V;
-  const int64_t HPmax = (cx.rows_per_chunk - 1) * g.sh + (g.R - 1) * g.dh + 1, Mmax = cx.rows_per_chunk * g.OW;
+  const int64_t HPmax = (cx.rows_per_chunk - 1) * g.sh + (g.R - 1) * g.dh + 1;
+  const int64_t img_floats = cx.Cg * HPmax * cx.WP, Mmax = cx.B * cx.rows_per_chunk * g.OW;
   // The reduction in blocks of KC indices, whose weights (KC x KV vectors, 16 KiB) stay in the L1 cache
-  // while every pixel of the chunk passes; the pixels' sums carry over from block to block.
+  // while every pixel of the item passes; the pixels' sums carry over from block to block.
   const int64_t KC = imax(1, 16384 / (cx.KV * V * 4));
-  Scratch P(cx.Cg * HPmax * cx.WP * 4), toff(crs * 8), pix(Mmax * 8), dst(Mmax * 8), sums(Mmax * cx.KV * V * 4);
+  Scratch P(cx.B * img_floats * 4), toff(crs * 8), pix(Mmax * 8), dst(Mmax * 8), sums(Mmax * cx.KV * V * 4);
   int64_t* to = static_cast<int64_t*>(toff.p);
   int64_t* px = static_cast<int64_t*>(pix.p);
   int64_t* yo = static_cast<int64_t*>(dst.p);
   vf* sm = static_cast<vf*>(sums.p);
   const CvecFn fn_full = cvec_fn(cx.KV, cx.TB);
+  int64_t packed = -1, M = 0;
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t ch = item % cx.chunks, g_ = (item / cx.chunks) % cx.G, n = item / (cx.chunks * cx.G);
-    const int64_t oh_lo = ch * cx.rows_per_chunk, oh_hi = imin(g.OH, oh_lo + cx.rows_per_chunk);
-    const int64_t HP = (oh_hi - 1 - oh_lo) * g.sh + (g.R - 1) * g.dh + 1, M = (oh_hi - oh_lo) * g.OW;
-    pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP,
-         P.f());
-    cvec_tap_offsets(g, cx.Cg, HP, cx.WP, to);
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t oh = oh_lo + m / g.OW, ow = m % g.OW;
-      px[m] = (oh - oh_lo) * g.sh * cx.WP + ow * g.sw;
-      yo[m] = n * y.s0 + oh * y.s2 + ow * y.s3;
+    const int64_t split = item % cx.splits, rest = item / cx.splits;  // splits fastest: packs are shared
+    if (rest != packed) {
+      const int64_t ch = rest % cx.chunks, g_ = (rest / cx.chunks) % cx.G, n0 = rest / (cx.chunks * cx.G) * cx.B;
+      const int64_t n1 = imin(g.N, n0 + cx.B);
+      const int64_t oh_lo = ch * cx.rows_per_chunk, oh_hi = imin(g.OH, oh_lo + cx.rows_per_chunk);
+      const int64_t HP = (oh_hi - 1 - oh_lo) * g.sh + (g.R - 1) * g.dh + 1, Mi = (oh_hi - oh_lo) * g.OW;
+      for (int64_t n = n0; n < n1; ++n)
+        pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP,
+             cx.WP, P.f() + (n - n0) * img_floats);
+      cvec_tap_offsets(g, cx.Cg, HP, cx.WP, to);
+      M = (n1 - n0) * Mi;
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t b = m / Mi, oh = oh_lo + (m % Mi) / g.OW, ow = m % g.OW;
+        px[m] = b * img_floats + (oh - oh_lo) * g.sh * cx.WP + ow * g.sw;
+        yo[m] = (n0 + b) * y.s0 + oh * y.s2 + ow * y.s3;
+      }
+      packed = rest;
     }
-    for (int64_t kv0 = 0; kv0 < nkv; kv0 += cx.KV) {
+    const int64_t g_ = (rest / cx.chunks) % cx.G;
+    const int64_t kv_lo = split * cx.kv_per_split * cx.KV, kv_hi = imin(nkv, kv_lo + cx.kv_per_split * cx.KV);
+    for (int64_t kv0 = kv_lo; kv0 < kv_hi; kv0 += cx.KV) {
       const int64_t k0 = g_ * cx.Kg + kv0 * V;
       const float* wk = cx.w + g_ * crs * cx.Kg + kv0 * V;
       for (int64_t i0 = 0; i0 < crs; i0 += KC) {
@@ -496,10 +509,21 @@ static void conv_cvec_forward(const ConvFwdArgs& a, ParallelFn parallel) {
   cx.KV = cvec_kv(Kg / V);
   cx.TB = (int)imin(8, CNNFAST_ACC / cx.KV);
   cx.WP = (g.OW - 1) * g.sw + (g.S - 1) * g.dw + 1;
-  const int64_t chunks = row_chunks(g.N * G, g.OH);
-  cx.rows_per_chunk = cdiv(g.OH, chunks);
-  cx.chunks = cdiv(g.OH, cx.rows_per_chunk);
-  parallel(g.N * G * cx.chunks, &cx, conv_cvec_body);
+  // Images of fewer than 256 output pixels go B at a time (whole images); larger ones one at a time,
+  // in row chunks when there are few.
+  const int64_t want_pixels = 256, want_items = 32;
+  cx.B = imin(g.N, cdiv(want_pixels, g.OH * g.OW));
+  if (cx.B > 1) {
+    cx.rows_per_chunk = g.OH, cx.chunks = 1;
+  } else {
+    const int64_t chunks = row_chunks(g.N * G, g.OH);
+    cx.rows_per_chunk = cdiv(g.OH, chunks);
+    cx.chunks = cdiv(g.OH, cx.rows_per_chunk);
+  }
+  const int64_t runs = cdiv(g.N, cx.B) * G * cx.chunks, kv_blocks = cdiv(Kg / V, cx.KV);
+  cx.kv_per_split = cdiv(kv_blocks, imin(kv_blocks, cdiv(want_items, runs)));
+  cx.splits = cdiv(kv_blocks, cx.kv_per_split);
+  parallel(runs * cx.splits, &cx, conv_cvec_body);
 }
 
 static void conv_forward_impl(const ConvFwdArgs& a, ParallelFn parallel) {
