@@ -2,11 +2,13 @@
 registers, stack and local memory (where spills go) of every kernel for every architecture it was
 built for. No GPU needed.
 
-    python -m cnnfast.bench.cuda_kernels [--json FILE]
+    python -m cnnfast.bench.cuda_kernels [--json FILE] [--launches]
 
 Shared memory is dynamic (sized per launch by the program): the implicit GEMM uses a fixed
 A/B-or-C tile (conv_gemm.h: 33.8 KiB at BN=64, 16.9 KiB at BN=32), the direct programs at most
 40 KiB (conv_direct.h), the bias-gradient partials 512 bytes; the elementwise kernels none.
+``--launches`` runs the Net's layers (and a 40 -> 36 channel layer, the implicit GEMM's) forward and
+backward through the emulator, and prints each launch: program, grid and shared memory.
 """
 import argparse
 import glob
@@ -78,10 +80,46 @@ def resource_usage(lib=None, tool=None):
     return rows
 
 
+def launches():
+    """The distinct launches (program | grid, shared bytes) of the Net's layers and a wide layer, forward
+    and backward, float32 (TF32 off and on) and bfloat16, as the emulator logs them."""
+    import torch
+    import cnnfast._C as C
+    import cnnfast.functional as cf
+    layers = [((2, 3, 32, 32), (6, 3, 3, 3), {}), ((2, 6, 15, 15), (16, 6, 3, 3), {}),
+              ((2, 40, 12, 12), (36, 40, 3, 3), dict(padding=1))]
+    seen = []
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        for dtype, allow in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
+            torch.backends.cudnn.allow_tf32 = allow
+            for x_shape, w_shape, kw in layers:
+                x = torch.randn(x_shape, dtype=dtype, requires_grad=True)
+                w = torch.randn(w_shape, dtype=dtype, requires_grad=True)
+                b = torch.randn(w_shape[0], dtype=dtype, requires_grad=True)
+                C.emulated_cuda.launches()
+                cf.conv_relu_maxpool2d(x, w, b, **kw, backend="emulated_cuda").sum().backward()
+                y = cf.conv2d(x, w, b, **kw, backend="emulated_cuda")
+                cf.max_pool2d(y, 2, backend="emulated_cuda").sum().backward()
+                label = f"{list(x_shape)} -> {w_shape[0]}"
+                for line in C.emulated_cuda.launches():
+                    if (label, line) not in seen:
+                        seen.append((label, line))
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    return seen
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--launches", action="store_true",
+                        help="print the programs, grids and shared memory of the Net's layers' launches")
     args = parser.parse_args(argv)
+    if args.launches:
+        for label, line in launches():
+            print(f"{label:22s} {line}")
+        return
     rows = resource_usage()
     if not rows:
         print("the extension holds no CUDA kernels (built without CUDA)")

@@ -187,3 +187,18 @@ def test_cuda_depthwise_conv_with_more_groups_than_a_grid_dimension_holds():
     assert_matches(out, ref, torch.float32)
     for got, want in zip(grads, ref_grads):
         assert_matches(got, want, torch.float32)
+
+
+@pytest.mark.skipif(not EMULATED, reason="the launch log is the emulator's")
+def test_launch_report_lists_programs_grids_and_shared_memory():
+    """``python -m cnnfast.bench.cuda_kernels --launches``: every launch of the Net's layers and a wide
+    layer, with its grid and dynamic shared memory (within the 48 KiB a launch may take)."""
+    import re
+    from cnnfast.bench.cuda_kernels import launches
+    lines = [line for _, line in launches()]
+    parsed = [re.fullmatch(r"(.+) \| grid (\d+)x(\d+)x(\d+), (\d+) B shared", line) for line in lines]
+    assert all(parsed), lines
+    programs = {m.group(1).split()[0] for m in parsed}
+    assert {"direct", "gemm", "unpool", "wgrad_direct", "split_reduce", "bias_grad", "max_pool2d_fwd"} <= programs
+    assert all(0 <= int(m.group(5)) <= 48 * 1024 for m in parsed)
+    assert any(m.group(1).startswith("gemm") and int(m.group(5)) > 0 for m in parsed)

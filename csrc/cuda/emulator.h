@@ -103,8 +103,8 @@ void emulate(const P& prog) {
   });
 }
 
-// What the emulator ran since the log was last taken: one describe() line per launch, for the tests
-// to check which programs a shape takes.
+// What the emulator ran since the log was last taken: one line per launch (describe(), the grid and
+// the dynamic shared memory), for the tests to check which programs a shape takes.
 inline std::vector<std::string>& launch_log() {
   static std::vector<std::string> log;
   return log;
@@ -121,7 +121,10 @@ struct EmulatorExec {
   void launch(const P& prog) const {
     {
       const std::lock_guard<std::mutex> lock(launch_log_mutex());
-      launch_log().push_back(prog.describe());
+      const Grid grid = prog.grid();
+      launch_log().push_back(prog.describe() + " | grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) +
+                             "x" + std::to_string(grid.z) + ", " + std::to_string(prog.smem_bytes()) +
+                             " B shared");
     }
     check_launch(prog);
     emulate(prog);
