@@ -1022,15 +1022,106 @@ static void reduce_body(void* vctx, int64_t begin, int64_t end) {
   }
 }
 
+// ---- weight gradient, vectorised over output channels -----------------------------------------------
+// For Kg a multiple of V: the GEMM view M = Kg (channel vectors), N = crs, K = the chunk's output pixels.
+// cvec_taps with the roles of pixels and taps swapped: a tile is TB reduction indices (c, r, s) x KV
+// channel vectors, summed over the pixels of every image of the batch chunk (dy transposed to
+// pixel-major rows of Kg channels), in blocks of pixels whose dy rows stay in the L1 cache; each
+// weight element keeps one chain over the chunk's pixels in order, whatever the blocking or threads.
+// No horizontal sums: short rows (7x7, 14x14 feature maps) waste nothing.
+
+struct WgradCvecCtx {
+  const WeightGradArgs* a;
+  float* ws;  // [chunk][K][crs]
+  int64_t chunks, per_chunk, HP, WP, splits, kv_per_split;
+  int KV, TB;
+};
+
+static void wgrad_cvec_body(void* vctx, int64_t begin, int64_t end) {
+  const WgradCvecCtx& cx = *static_cast<WgradCvecCtx*>(vctx);
+  const WeightGradArgs& a = *cx.a;
+  const ConvGeom& g = a.g;
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), G = g.groups, crs = Cg * g.R * g.S, nkv = Kg / V;
+  const int64_t img_floats = Cg * cx.HP * cx.WP, Mi = g.OH * g.OW, Mmax = cx.per_chunk * Mi;
+  const int64_t ntiles = cdiv(crs, cx.TB);
+  // Pixel blocks whose dy rows (MB x KV vectors) fill at most 16 KiB of the L1 cache.
+  const int64_t MB = imax(1, 16384 / (cx.KV * V * 4));
+  Scratch P(cx.per_chunk * img_floats * 4), D(Kg * Mi * 4), Dt(Mmax * Kg * 4), pix(Mmax * 8), toff(crs * 8),
+      sums(ntiles * cx.TB * cx.KV * V * 4);
+  int64_t* px = static_cast<int64_t*>(pix.p);
+  int64_t* to = static_cast<int64_t*>(toff.p);
+  vf* sm = static_cast<vf*>(sums.p);
+  const CvecFn fn_full = cvec_fn(cx.KV, cx.TB), fn_rem = cvec_fn(cx.KV, (int)(crs - (ntiles - 1) * cx.TB));
+  int64_t packed = -1, M = 0;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t split = item % cx.splits, rest = item / cx.splits, chunk = rest / G, g_ = rest % G;
+    if (rest != packed) {
+      const int64_t n0 = chunk * cx.per_chunk, n1 = imin(g.N, n0 + cx.per_chunk);
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t b = n - n0;
+        pack(a.x, nullptr, n, g_ * Cg, Cg, g.H, g.W, 1, 1, -g.ph, -g.pw, cx.HP, cx.WP, P.f() + b * img_floats);
+        pack(a.dy, a.dy_unpool, n, g_ * Kg, Kg, g.OH, g.OW, 1, 1, 0, 0, g.OH, g.OW, D.f());
+        float* dt = Dt.f() + b * Mi * Kg;
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t m = 0; m < Mi; ++m) dt[m * Kg + k] = D.f()[k * Mi + m];
+        for (int64_t m = 0; m < Mi; ++m)
+          px[b * Mi + m] = b * img_floats + (m / g.OW) * g.sh * cx.WP + (m % g.OW) * g.sw;
+      }
+      cvec_tap_offsets(g, Cg, cx.HP, cx.WP, to);
+      M = (n1 - n0) * Mi;
+      packed = rest;
+    }
+    float* out = cx.ws + (chunk * g.K + g_ * Kg) * crs;
+    const int64_t kv_lo = split * cx.kv_per_split * cx.KV, kv_hi = imin(nkv, kv_lo + cx.kv_per_split * cx.KV);
+    for (int64_t kv0 = kv_lo; kv0 < kv_hi; kv0 += cx.KV) {
+      for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        const int64_t mb = imin(MB, M - m0);
+        for (int64_t tile = 0; tile < ntiles; ++tile) {
+          vf* s_t = sm + tile * cx.TB * cx.KV;
+          (tile + 1 < ntiles ? fn_full : fn_rem)(P.f(), to + tile * cx.TB, px + m0, mb, Dt.f() + m0 * Kg + kv0 * V, Kg,
+                                                 m0 == 0 ? nullptr : s_t, s_t);
+        }
+      }
+      for (int64_t i = 0; i < crs; ++i)
+        for (int v = 0; v < cx.KV; ++v) {
+          const vf r = sm[(i / cx.TB * cx.TB) * cx.KV + (i % cx.TB) * cx.KV + v];
+          for (int l = 0; l < V; ++l) out[(kv0 * V + v * V + l) * crs + i] = r[l];
+        }
+    }
+  }
+}
+
 static void weight_grad_impl(const WeightGradArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
   const int64_t total = g.K * g.Cg() * g.R * g.S;
+  // Batch chunks, summed separately and then in chunk order: a function of the shape only, so the
+  // summation order never depends on the threads. At most 16; for the channel-vectorised path at least
+  // 256 output pixels each (short reductions would make the partial sums the bulk of the work).
+  const bool cvec = g.Kg() % V == 0;
+  const int64_t per_chunk = imin(g.N, imax(cdiv(g.N, 16), cvec ? cdiv(256, g.OH * g.OW) : 1));
+  Scratch ws(cdiv(g.N, per_chunk) * total * 4);
+  if (cvec) {
+    WgradCvecCtx cx;
+    cx.a = &a;
+    cx.ws = ws.f();
+    cx.per_chunk = per_chunk;
+    cx.chunks = cdiv(g.N, per_chunk);
+    cx.HP = (g.OH - 1) * g.sh + (g.R - 1) * g.dh + 1;
+    cx.WP = (g.OW - 1) * g.sw + (g.S - 1) * g.dw + 1;
+    cx.KV = cvec_kv(g.Kg() / V);
+    cx.TB = (int)imin(8, CNNFAST_ACC / cx.KV);
+    const int64_t runs = cx.chunks * g.groups, kv_blocks = cdiv(g.Kg() / V, cx.KV);
+    cx.kv_per_split = cdiv(kv_blocks, imin(kv_blocks, cdiv(32, runs)));
+    cx.splits = cdiv(kv_blocks, cx.kv_per_split);
+    parallel(runs * cx.splits, &cx, wgrad_cvec_body);
+    ReduceCtx rc{ws.f(), a.gw, cx.chunks, total};
+    parallel(cdiv(total, 4096), &rc, reduce_body);
+    return;
+  }
   WgradCtx cx;
   cx.a = &a;
-  cx.chunks = imin(g.N, 16);  // a function of N only: the summation order never depends on threads
-  cx.per_chunk = cdiv(g.N, cx.chunks);
-  cx.chunks = cdiv(g.N, cx.per_chunk);
-  Scratch ws(cx.chunks * total * 4);
+  cx.per_chunk = per_chunk;
+  cx.chunks = cdiv(g.N, per_chunk);
   cx.ws = ws.f();
   parallel(cx.chunks * g.groups, &cx, wgrad_body);
   ReduceCtx rc{ws.f(), a.gw, cx.chunks, total};
