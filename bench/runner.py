@@ -13,7 +13,8 @@ from .workload import COMPILE, EAGER, Unavailable
 
 # Relative error (‖out − ref‖ / ‖ref‖ against float64, per output) allowed before a provider is timed;
 # also at least twice stock eager's own error on the same case, whichever is larger. Whole models
-# (many layers deep) get MODEL_SLACK times the table.
+# (many layers deep) get MODEL_SLACK times the table. Stock eager itself is always timed (noted when
+# its own error passes the table).
 TOLERANCE = {"float32": 1e-4, "tf32": 1e-2, "bfloat16": 4e-2, "float16": 1e-2}
 MODEL_SLACK = 4
 
@@ -60,6 +61,12 @@ def _check(workload, provider, device, settings, eager_err):
     record["rel_err"] = max(rel_err(o, r) for o, r in zip(outs, workload.reference))
     ceiling = TOLERANCE[case.dtype] * (MODEL_SLACK if case.op in MODEL_OPS else 1)
     record["tolerance"] = max(ceiling, 2 * (eager_err or 0.0))
+    if provider == EAGER and record["rel_err"] == record["rel_err"]:
+        # Stock eager is the yardstick, timed whatever its error; past the ceiling (max-pool gradients
+        # routed to another cell by a float32 near-tie, say) it widens the others' tolerance.
+        if record["rel_err"] > record["tolerance"]:
+            record["note"] = f"stock eager's own error {record['rel_err']:.3g} exceeds the {ceiling:.3g} ceiling"
+        return record, run
     if not record["rel_err"] <= record["tolerance"]:   # NaN fails too
         record["error"] = f"check failed: relative error {record['rel_err']:.3g} > {record['tolerance']:.3g}"
         return record, None

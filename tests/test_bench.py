@@ -46,6 +46,18 @@ def test_a_provider_that_fails_the_check_is_reported_and_not_timed(monkeypatch):
     assert "check failed" in bad["error"] and "ms" not in bad
 
 
+def test_stock_eager_past_the_ceiling_is_still_timed_and_widens_the_tolerance(monkeypatch):
+    monkeypatch.setitem(runner.TOLERANCE, "float32", 0.0)  # any rounding at all exceeds it
+    case = suites.cases(suites=("net",), dtypes=("float32",), layouts=("nchw",), directions=("fwd",),
+                        ops=("conv2d",), batches=(1,))[0]
+    settings = {"warmup_ms": 1, "rep_ms": 5, "compile_mode": None,
+                "ceilings": {"bandwidth_GBs": 1.0, "tflops": {"float32": 1.0}}}
+    record = runner.run_case(case, torch.device("cpu"), [EAGER, "cnnfast:torch"], settings)
+    eager, same = record["providers"][EAGER], record["providers"]["cnnfast:torch"]
+    assert eager["rel_err"] > 0 and "ms" in eager and "exceeds" in eager["note"]
+    assert same["tolerance"] == 2 * eager["rel_err"] and "ms" in same
+
+
 def test_every_suite_has_cases_and_the_interpreted_triton_backend_is_never_timed():
     assert {c.suite for c in suites.cases()} == set(suites.SUITES)
     assert not any(p.endswith("triton") for p in runner.providers(torch.device("cpu")))
