@@ -31,6 +31,10 @@ CASES = {
     "k24_stride2_dil2": ((2, 5, 11, 10), (24, 5, 3, 3), dict(stride=2, padding=2, dilation=2)),
     "k8_groups2": ((2, 6, 9, 7), (16, 3, 3, 3), dict(groups=2, padding=(0, 1))),
     "c8_stride2": ((2, 8, 9, 8), (12, 8, 3, 3), dict(stride=2, padding=1)),
+    # Strided input gradients pixel phase by phase, each over the taps that meet the upsampled dy (some
+    # phases meet none: 1x1 kernels, even dilation).
+    "c8_k1x1_stride2": ((2, 8, 7, 9), (12, 8, 1, 1), dict(stride=2)),
+    "c16_stride_2x3_dil_2x1": ((1, 16, 11, 13), (8, 16, 3, 3), dict(stride=(2, 3), padding=(1, 2), dilation=(2, 1))),
     "batch_zero": ((0, 3, 6, 6), (4, 3, 3, 3), {}),
 }
 

@@ -425,26 +425,44 @@ static int64_t row_chunks(int64_t images, int64_t rows) {
 
 struct ConvCvecCtx {
   const ConvFwdArgs* a;
-  const float* w;  // [g][crs][Kg]
+  const float* w;         // [g][crs][Kg], the reduction indices in phase order (perm)
+  const int64_t* perm;    // the reduction indices (c, r, s), phase by phase
+  const int64_t* istart;  // phase q's indices: perm[istart[q] .. istart[q + 1])
   int64_t Cg, Kg, G, WP, B, chunks, rows_per_chunk, kv_per_split, splits;
   int KV, TB;
 };
+
+// The input gradient reads dy zero-upsampled by (up_h, up_w): an output pixel of phase
+// q = (floormod(oh*sh - ph, up_h), floormod(ow*sw - pw, up_w)) meets nonzero input only at the taps
+// (r, s) with (q_h + r*dh) % up_h == 0 and (q_w + s*dw) % up_w == 0. Pixels are taken phase by phase,
+// each over its own taps: a stride-2 gradient does a quarter of the multiply-adds. (One phase, every
+// tap, when nothing is upsampled.)
+static int64_t conv_phase(const ConvFwdArgs& a, int64_t oh, int64_t ow) {
+  const ConvGeom& g = a.g;
+  const int64_t qh = oh * g.sh - g.ph - floordiv(oh * g.sh - g.ph, a.up_h) * a.up_h;
+  const int64_t qw = ow * g.sw - g.pw - floordiv(ow * g.sw - g.pw, a.up_w) * a.up_w;
+  return qh * a.up_w + qw;
+}
 
 static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
   const ConvCvecCtx& cx = *static_cast<ConvCvecCtx*>(vctx);
   const ConvFwdArgs& a = *cx.a;
   const ConvGeom& g = a.g;
   const View4& y = a.y;
-  const int64_t crs = cx.Cg * g.R * g.S, nkv = cx.Kg / V;
+  const int64_t crs = cx.Cg * g.R * g.S, nkv = cx.Kg / V, nph = a.up_h * a.up_w;
   const int64_t HPmax = (cx.rows_per_chunk - 1) * g.sh + (g.R - 1) * g.dh + 1;
   const int64_t img_floats = cx.Cg * HPmax * cx.WP, Mmax = cx.B * cx.rows_per_chunk * g.OW;
   // The reduction in blocks of KC indices, whose weights (KC x KV vectors, 16 KiB) stay in the L1 cache
   // while every pixel of the item passes; the pixels' sums carry over from block to block.
   const int64_t KC = imax(1, 16384 / (cx.KV * V * 4));
-  Scratch P(cx.B * img_floats * 4), toff(crs * 8), pix(Mmax * 8), dst(Mmax * 8), sums(Mmax * cx.KV * V * 4);
+  Scratch P(cx.B * img_floats * 4), toff(crs * 8), tall(crs * 8), pix(Mmax * 8), dst(Mmax * 8), mph(Mmax * 8),
+      sums(Mmax * cx.KV * V * 4), mstart((nph + 1) * 8);
   int64_t* to = static_cast<int64_t*>(toff.p);
+  int64_t* ta = static_cast<int64_t*>(tall.p);
   int64_t* px = static_cast<int64_t*>(pix.p);
   int64_t* yo = static_cast<int64_t*>(dst.p);
+  int64_t* ph_of = static_cast<int64_t*>(mph.p);
+  int64_t* ms = static_cast<int64_t*>(mstart.p);
   vf* sm = static_cast<vf*>(sums.p);
   const CvecFn fn_full = cvec_fn(cx.KV, cx.TB);
   int64_t packed = -1, M = 0;
@@ -458,13 +476,23 @@ static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
       for (int64_t n = n0; n < n1; ++n)
         pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP,
              cx.WP, P.f() + (n - n0) * img_floats);
-      cvec_tap_offsets(g, cx.Cg, HP, cx.WP, to);
+      cvec_tap_offsets(g, cx.Cg, HP, cx.WP, ta);
+      for (int64_t j = 0; j < crs; ++j) to[j] = ta[cx.perm[j]];
       M = (n1 - n0) * Mi;
+      // The item's pixels, phase by phase (a counting sort; row-major within a phase).
+      for (int64_t q = 0; q <= nph; ++q) ms[q] = 0;
       for (int64_t m = 0; m < M; ++m) {
-        const int64_t b = m / Mi, oh = oh_lo + (m % Mi) / g.OW, ow = m % g.OW;
-        px[m] = b * img_floats + (oh - oh_lo) * g.sh * cx.WP + ow * g.sw;
-        yo[m] = (n0 + b) * y.s0 + oh * y.s2 + ow * y.s3;
+        ph_of[m] = conv_phase(a, oh_lo + (m % Mi) / g.OW, m % g.OW);
+        ++ms[ph_of[m] + 1];
       }
+      for (int64_t q = 0; q < nph; ++q) ms[q + 1] += ms[q];
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t b = m / Mi, oh = oh_lo + (m % Mi) / g.OW, ow = m % g.OW, at = ms[ph_of[m]]++;
+        px[at] = b * img_floats + (oh - oh_lo) * g.sh * cx.WP + ow * g.sw;
+        yo[at] = (n0 + b) * y.s0 + oh * y.s2 + ow * y.s3;
+      }
+      for (int64_t q = nph; q > 0; --q) ms[q] = ms[q - 1];  // back to phase starts
+      ms[0] = 0;
       packed = rest;
     }
     const int64_t g_ = (rest / cx.chunks) % cx.G;
@@ -472,13 +500,18 @@ static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
     for (int64_t kv0 = kv_lo; kv0 < kv_hi; kv0 += cx.KV) {
       const int64_t k0 = g_ * cx.Kg + kv0 * V;
       const float* wk = cx.w + g_ * crs * cx.Kg + kv0 * V;
-      for (int64_t i0 = 0; i0 < crs; i0 += KC) {
-        const int64_t kc = imin(KC, crs - i0);
-        for (int64_t m0 = 0; m0 < M; m0 += cx.TB) {
-          const int tb = (int)imin(cx.TB, M - m0);
-          vf* s_m = sm + m0 * cx.KV;
-          (tb == cx.TB ? fn_full : cvec_fn(cx.KV, tb))(P.f(), px + m0, to + i0, kc, wk + i0 * cx.Kg, cx.Kg,
-                                                        i0 == 0 ? nullptr : s_m, s_m);
+      for (int64_t q = 0; q < nph; ++q) {
+        const int64_t m_lo = ms[q], m_hi = ms[q + 1], i_lo = cx.istart[q], i_hi = cx.istart[q + 1];
+        if (i_lo == i_hi)  // no tap of this phase meets the input
+          for (int64_t m = m_lo * cx.KV; m < m_hi * cx.KV; ++m) sm[m] = vsplat(0.f);
+        for (int64_t i0 = i_lo; i0 < i_hi; i0 += KC) {
+          const int64_t kc = imin(KC, i_hi - i0);
+          for (int64_t m0 = m_lo; m0 < m_hi; m0 += cx.TB) {
+            const int tb = (int)imin(cx.TB, m_hi - m0);
+            vf* s_m = sm + m0 * cx.KV;
+            (tb == cx.TB ? fn_full : cvec_fn(cx.KV, tb))(P.f(), px + m0, to + i0, kc, wk + i0 * cx.Kg, cx.Kg,
+                                                          i0 == i_lo ? nullptr : s_m, s_m);
+          }
         }
       }
       vf bias[4];
@@ -499,12 +532,30 @@ static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
 
 static void conv_cvec_forward(const ConvFwdArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
-  const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S;
-  Scratch w(G * crs * Kg * 4);
-  cvec_weights(a.w, G, Kg, crs, w.f());
+  const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S, nph = a.up_h * a.up_w;
+  // The reduction indices phase by phase, and the weights in that order.
+  Scratch perm(crs * 8), istart((nph + 1) * 8), w0(G * crs * Kg * 4), w(G * crs * Kg * 4);
+  int64_t* pm = static_cast<int64_t*>(perm.p);
+  int64_t* is = static_cast<int64_t*>(istart.p);
+  int64_t j = 0;
+  for (int64_t q = 0; q < nph; ++q) {
+    const int64_t qh = q / a.up_w, qw = q % a.up_w;
+    is[q] = j;
+    for (int64_t i = 0; i < crs; ++i) {
+      const int64_t r = (i / g.S) % g.R, s_ = i % g.S;
+      if ((qh + r * g.dh) % a.up_h == 0 && (qw + s_ * g.dw) % a.up_w == 0) pm[j++] = i;
+    }
+  }
+  is[nph] = j;  // == crs: every tap belongs to exactly one phase
+  cvec_weights(a.w, G, Kg, crs, w0.f());
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t jj = 0; jj < crs; ++jj)
+      __builtin_memcpy(w.f() + (gi * crs + jj) * Kg, w0.f() + (gi * crs + pm[jj]) * Kg, sizeof(float) * Kg);
   ConvCvecCtx cx;
   cx.a = &a;
   cx.w = w.f();
+  cx.perm = pm;
+  cx.istart = is;
   cx.Cg = Cg, cx.Kg = Kg, cx.G = G;
   cx.KV = cvec_kv(Kg / V);
   cx.TB = (int)imin(8, CNNFAST_ACC / cx.KV);
