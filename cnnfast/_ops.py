@@ -26,13 +26,20 @@ def _empty(x: Tensor, shape, channels_last: bool, dtype=None) -> Tensor:
 
 # --- conv2d ------------------------------------------------------------------------------------
 
+def _launch_conv2d(x, weight, bias, stride, padding, dilation, groups, out_size, channels_last, allow_tf32,
+                   backend):
+    """The backend's conv2d forward launcher, called with the custom op's arguments."""
+    return kernels(backend).conv2d_forward(
+        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(out_size),
+        channels_last=channels_last, allow_tf32=allow_tf32)
+
+
 @torch.library.custom_op("cnnfast::conv2d", mutates_args=())
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int, out_size: List[int], channels_last: bool, allow_tf32: bool,
            backend: str) -> Tensor:
-    return kernels(backend).conv2d_forward(
-        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(out_size),
-        channels_last=channels_last, allow_tf32=allow_tf32)
+    return _launch_conv2d(x, weight, bias, stride, padding, dilation, groups, out_size, channels_last, allow_tf32,
+                          backend)
 
 
 @conv2d.register_fake
@@ -110,13 +117,20 @@ conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
 
 # --- max_pool2d --------------------------------------------------------------------------------
 
+def _launch_max_pool2d(x, kernel_size, stride, padding, dilation, out_size, channels_last, backend, *,
+                       with_indices):
+    """The backend's max_pool2d forward launcher, called with the custom ops' arguments: (out, indices),
+    indices None unless ``with_indices``."""
+    return kernels(backend).max_pool2d_forward(
+        x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
+        with_indices=with_indices, channels_last=channels_last)
+
+
 @torch.library.custom_op("cnnfast::max_pool2d", mutates_args=())
 def max_pool2d(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                dilation: List[int], out_size: List[int], channels_last: bool, backend: str) -> Tensor:
-    out, _ = kernels(backend).max_pool2d_forward(
-        x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
-        with_indices=False, channels_last=channels_last)
-    return out
+    return _launch_max_pool2d(x, kernel_size, stride, padding, dilation, out_size, channels_last, backend,
+                              with_indices=False)[0]
 
 
 @max_pool2d.register_fake
@@ -128,9 +142,8 @@ def _(x, kernel_size, stride, padding, dilation, out_size, channels_last, backen
 def max_pool2d_with_indices(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                             dilation: List[int], out_size: List[int], channels_last: bool,
                             backend: str) -> tuple[Tensor, Tensor]:
-    return kernels(backend).max_pool2d_forward(
-        x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
-        with_indices=True, channels_last=channels_last)
+    return _launch_max_pool2d(x, kernel_size, stride, padding, dilation, out_size, channels_last, backend,
+                              with_indices=True)
 
 
 @max_pool2d_with_indices.register_fake
@@ -173,17 +186,25 @@ max_pool2d_with_indices.register_autograd(_max_pool2d_backward, setup_context=_m
 # or -1 where ReLU zeroed the gradient. The backward ops rebuild the conv-output gradient from
 # (grad, pos) inside the conv backward kernels; the pre-pool activation never exists in memory.
 
+def _launch_fused(x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
+                  pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend, *, with_pos):
+    """The backend's fused forward launcher, called with the custom ops' arguments: (out, pos), pos None
+    unless ``with_pos``."""
+    return kernels(backend).conv_relu_maxpool2d_forward(
+        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
+        tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation),
+        tuple(out_size), with_pos=with_pos, channels_last=channels_last, allow_tf32=allow_tf32)
+
+
 @torch.library.custom_op("cnnfast::conv_relu_maxpool2d", mutates_args=())
 def conv_relu_maxpool2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
                         padding: List[int], dilation: List[int], groups: int, conv_out_size: List[int],
                         pool_kernel: List[int], pool_stride: List[int], pool_padding: List[int],
                         pool_dilation: List[int], out_size: List[int], channels_last: bool,
                         allow_tf32: bool, backend: str) -> Tensor:
-    out, _ = kernels(backend).conv_relu_maxpool2d_forward(
-        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
-        tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation),
-        tuple(out_size), with_pos=False, channels_last=channels_last, allow_tf32=allow_tf32)
-    return out
+    return _launch_fused(x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel,
+                         pool_stride, pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend,
+                         with_pos=False)[0]
 
 
 @conv_relu_maxpool2d.register_fake
@@ -198,10 +219,9 @@ def conv_relu_maxpool2d_with_pos(x: Tensor, weight: Tensor, bias: Optional[Tenso
                                  conv_out_size: List[int], pool_kernel: List[int], pool_stride: List[int],
                                  pool_padding: List[int], pool_dilation: List[int], out_size: List[int],
                                  channels_last: bool, allow_tf32: bool, backend: str) -> tuple[Tensor, Tensor]:
-    return kernels(backend).conv_relu_maxpool2d_forward(
-        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
-        tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation),
-        tuple(out_size), with_pos=True, channels_last=channels_last, allow_tf32=allow_tf32)
+    return _launch_fused(x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel,
+                         pool_stride, pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend,
+                         with_pos=True)
 
 
 @conv_relu_maxpool2d_with_pos.register_fake
@@ -280,10 +300,7 @@ def _eager(*tensors) -> bool:
 class _Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
-        x, weight, bias, stride, padding, dilation, groups, out_size, channels_last, allow_tf32, backend = inputs
-        out = kernels(backend).conv2d_forward(
-            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(out_size),
-            channels_last=channels_last, allow_tf32=allow_tf32)
+        out = _launch_conv2d(*inputs)
         _conv2d_setup(ctx, inputs, out)
         return out
 
@@ -308,10 +325,7 @@ class _Conv2dFunction(torch.autograd.Function):
 class _MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
-        x, kernel_size, stride, padding, dilation, out_size, channels_last, backend = inputs
-        out = kernels(backend).max_pool2d_forward(
-            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
-            with_indices=True, channels_last=channels_last)
+        out = _launch_max_pool2d(*inputs, with_indices=True)
         _max_pool2d_setup(ctx, inputs, out)
         return out
 
@@ -327,12 +341,7 @@ class _MaxPool2dFunction(torch.autograd.Function):
 class _FusedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
-        (x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
-         pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend) = inputs
-        out = kernels(backend).conv_relu_maxpool2d_forward(
-            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
-            tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation),
-            tuple(out_size), with_pos=True, channels_last=channels_last, allow_tf32=allow_tf32)
+        out = _launch_fused(*inputs, with_pos=True)
         _fused_setup(ctx, inputs, out)
         return out
 
@@ -360,10 +369,7 @@ def run_conv2d(x, weight, bias, *args):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
             return _Conv2dFunction.apply(x, weight, bias, *args)
         # Nothing to differentiate: the launcher alone (Function.apply costs ~15 us even then).
-        stride, padding, dilation, groups, out_size, channels_last, allow_tf32, backend = args
-        return kernels(backend).conv2d_forward(
-            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(out_size),
-            channels_last=channels_last, allow_tf32=allow_tf32)
+        return _launch_conv2d(x, weight, bias, *args)
     return conv2d(x, weight, bias, *args)
 
 
@@ -372,10 +378,7 @@ def run_max_pool2d(x, *args, with_indices):
     if _eager(x):
         if with_indices:
             return _MaxPool2dFunction.apply(x, *args)
-        kernel_size, stride, padding, dilation, out_size, channels_last, backend = args
-        return kernels(backend).max_pool2d_forward(
-            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), tuple(out_size),
-            with_indices=False, channels_last=channels_last)[0]
+        return _launch_max_pool2d(x, *args, with_indices=False)[0]
     return max_pool2d_with_indices(x, *args) if with_indices else max_pool2d(x, *args)
 
 
@@ -385,12 +388,7 @@ def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):
     if _eager(x, weight, bias):
         if with_pos:
             return _FusedFunction.apply(x, weight, bias, *args)
-        (stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride, pool_padding, pool_dilation,
-         out_size, channels_last, allow_tf32, backend) = args
-        return kernels(backend).conv_relu_maxpool2d_forward(
-            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, tuple(conv_out_size),
-            tuple(pool_kernel), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation), tuple(out_size),
-            with_pos=False, channels_last=channels_last, allow_tf32=allow_tf32)[0]
+        return _launch_fused(x, weight, bias, *args, with_pos=False)[0]
     if with_pos:
         return conv_relu_maxpool2d_with_pos(x, weight, bias, *args)
     return conv_relu_maxpool2d(x, weight, bias, *args)
