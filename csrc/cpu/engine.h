@@ -45,6 +45,17 @@ static inline vf vload_strided(const float* p, int64_t st) {
   for (int i = 0; i < V; ++i) v[i] = p[i * st];
   return v;
 }
+// p[0], p[2], ..., p[2V-2]: the even elements of 2V floats (a stride-2 load).
+static inline vf vload_even(const float* p) {
+  const vf lo = vload(p), hi = vload(p + V);
+#if CNNFAST_V == 8 && (defined(__clang__) || __GNUC__ >= 12)
+  return __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+#else
+  vf v;
+  for (int l = 0; l < V / 2; ++l) v[l] = lo[2 * l], v[l + V / 2] = hi[2 * l];
+  return v;
+#endif
+}
 static inline float vsum(vf v) {
   float s = 0.f;
   for (int i = 0; i < V; ++i) s += v[i];
@@ -359,18 +370,29 @@ static int cvec_kv(int64_t nkv) {
   return kv;
 }
 
-// Weights of every group as [g][crs][Kg] (channels fastest, for cvec_taps' vector loads).
-static void cvec_weights(const float* w, int64_t G, int64_t Kg, int64_t crs, float* dst) {
+// Weights of every group as [g][j][Kg] (channels fastest, for cvec_taps' vector loads), row j holding
+// reduction index perm[j] (j itself without perm).
+static void cvec_weights(const float* w, int64_t G, int64_t Kg, int64_t crs, const int64_t* perm, float* dst) {
   for (int64_t gi = 0; gi < G; ++gi)
     for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t i = 0; i < crs; ++i) dst[(gi * crs + i) * Kg + k] = w[(gi * Kg + k) * crs + i];
+      for (int64_t j = 0; j < crs; ++j) dst[(gi * crs + j) * Kg + k] = w[(gi * Kg + k) * crs + (perm ? perm[j] : j)];
 }
 
-// Offsets into P[c][HP][WP] of every reduction index (c, r, s).
-static void cvec_tap_offsets(const ConvGeom& g, int64_t Cg, int64_t HP, int64_t WP, int64_t* to) {
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s) to[(c * g.R + r) * g.S + s] = (c * HP + r * g.dh) * WP + s * g.dw;
+// Offsets into P[c][HP][WP] of the reduction indices (c, r, s): to[j] for index perm[j] (j without perm).
+static void cvec_tap_offsets(const ConvGeom& g, int64_t Cg, int64_t HP, int64_t WP, const int64_t* perm,
+                             int64_t* to) {
+  for (int64_t j = 0; j < Cg * g.R * g.S; ++j) {
+    const int64_t i = perm ? perm[j] : j, c = i / (g.R * g.S), r = (i / g.S) % g.R, s = i % g.S;
+    to[j] = (c * HP + r * g.dh) * WP + s * g.dw;
+  }
+}
+
+// Channel blocks per work item: enough items (runs x splits) for the threads, want_items at least
+// where the blocks allow.
+static void split_channel_blocks(int64_t kv_blocks, int64_t runs, int64_t want_items, int64_t* per_split,
+                                 int64_t* splits) {
+  *per_split = cdiv(kv_blocks, imin(kv_blocks, cdiv(want_items, runs)));
+  *splits = cdiv(kv_blocks, *per_split);
 }
 
 // ---- conv forward ---------------------------------------------------------------------------------
@@ -455,10 +477,9 @@ static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
   // The reduction in blocks of KC indices, whose weights (KC x KV vectors, 16 KiB) stay in the L1 cache
   // while every pixel of the item passes; the pixels' sums carry over from block to block.
   const int64_t KC = imax(1, 16384 / (cx.KV * V * 4));
-  Scratch P(cx.B * img_floats * 4), toff(crs * 8), tall(crs * 8), pix(Mmax * 8), dst(Mmax * 8), mph(Mmax * 8),
+  Scratch P(cx.B * img_floats * 4), toff(crs * 8), pix(Mmax * 8), dst(Mmax * 8), mph(Mmax * 8),
       sums(Mmax * cx.KV * V * 4), mstart((nph + 1) * 8);
   int64_t* to = static_cast<int64_t*>(toff.p);
-  int64_t* ta = static_cast<int64_t*>(tall.p);
   int64_t* px = static_cast<int64_t*>(pix.p);
   int64_t* yo = static_cast<int64_t*>(dst.p);
   int64_t* ph_of = static_cast<int64_t*>(mph.p);
@@ -476,8 +497,7 @@ static void conv_cvec_body(void* vctx, int64_t begin, int64_t end) {
       for (int64_t n = n0; n < n1; ++n)
         pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP,
              cx.WP, P.f() + (n - n0) * img_floats);
-      cvec_tap_offsets(g, cx.Cg, HP, cx.WP, ta);
-      for (int64_t j = 0; j < crs; ++j) to[j] = ta[cx.perm[j]];
+      cvec_tap_offsets(g, cx.Cg, HP, cx.WP, cx.perm, to);
       M = (n1 - n0) * Mi;
       // The item's pixels, phase by phase (a counting sort; row-major within a phase).
       for (int64_t q = 0; q <= nph; ++q) ms[q] = 0;
@@ -534,7 +554,7 @@ static void conv_cvec_forward(const ConvFwdArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
   const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S, nph = a.up_h * a.up_w;
   // The reduction indices phase by phase, and the weights in that order.
-  Scratch perm(crs * 8), istart((nph + 1) * 8), w0(G * crs * Kg * 4), w(G * crs * Kg * 4);
+  Scratch perm(crs * 8), istart((nph + 1) * 8), w(G * crs * Kg * 4);
   int64_t* pm = static_cast<int64_t*>(perm.p);
   int64_t* is = static_cast<int64_t*>(istart.p);
   int64_t j = 0;
@@ -547,10 +567,7 @@ static void conv_cvec_forward(const ConvFwdArgs& a, ParallelFn parallel) {
     }
   }
   is[nph] = j;  // == crs: every tap belongs to exactly one phase
-  cvec_weights(a.w, G, Kg, crs, w0.f());
-  for (int64_t gi = 0; gi < G; ++gi)
-    for (int64_t jj = 0; jj < crs; ++jj)
-      __builtin_memcpy(w.f() + (gi * crs + jj) * Kg, w0.f() + (gi * crs + pm[jj]) * Kg, sizeof(float) * Kg);
+  cvec_weights(a.w, G, Kg, crs, pm, w.f());
   ConvCvecCtx cx;
   cx.a = &a;
   cx.w = w.f();
@@ -572,8 +589,7 @@ static void conv_cvec_forward(const ConvFwdArgs& a, ParallelFn parallel) {
     cx.chunks = cdiv(g.OH, cx.rows_per_chunk);
   }
   const int64_t runs = cdiv(g.N, cx.B) * G * cx.chunks, kv_blocks = cdiv(Kg / V, cx.KV);
-  cx.kv_per_split = cdiv(kv_blocks, imin(kv_blocks, cdiv(want_items, runs)));
-  cx.splits = cdiv(kv_blocks, cx.kv_per_split);
+  split_channel_blocks(kv_blocks, runs, want_items, &cx.kv_per_split, &cx.splits);
   parallel(runs * cx.splits, &cx, conv_cvec_body);
 }
 
@@ -643,12 +659,7 @@ static void pool_tap_flat(const float* row, int64_t off, int64_t E, int32_t tap,
     if (PSW == 1) {
       v = vload(row + e0 + off);
     } else {
-      const vf lo = vload(row + 2 * e0 + off), hi = vload(row + 2 * e0 + off + V);
-#if CNNFAST_V == 8 && (defined(__clang__) || __GNUC__ >= 12)
-      v = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
-#else
-      for (int l = 0; l < V / 2; ++l) v[l] = lo[2 * l], v[l + V / 2] = hi[2 * l];
-#endif
+      v = vload_even(row + 2 * e0 + off);
     }
     const vf b = vload(best + e0);
     vi qv;
@@ -846,7 +857,7 @@ static void cvec_body(void* vctx, int64_t begin, int64_t end) {
     const int64_t HP = (oh_hi - oh_lo) * g.sh + (g.R - 1) * g.dh + 1;
     pack(a.x, a.x_unpool, n, g_ * cx.Cg, cx.Cg, a.Hx, a.Wx, a.up_h, a.up_w, oh_lo * g.sh - g.ph, -g.pw, HP, cx.WP,
          P.f());
-    cvec_tap_offsets(g, cx.Cg, HP, cx.WP, to);
+    cvec_tap_offsets(g, cx.Cg, HP, cx.WP, nullptr, to);
     for (int64_t ph = ph_lo; ph < ph_hi; ++ph)
       for (int64_t pw = 0; pw < p.OW; ++pw) {
         for (int64_t i = 0; i < p.kh; ++i)
@@ -909,7 +920,7 @@ static void cvec_forward(const FusedFwdArgs& f, ParallelFn parallel) {
   const ConvGeom& g = f.conv.g;
   const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S;
   Scratch w(G * crs * Kg * 4);
-  cvec_weights(f.conv.w, G, Kg, crs, w.f());
+  cvec_weights(f.conv.w, G, Kg, crs, nullptr, w.f());
   CvecCtx cx;
   cx.f = &f;
   cx.w = w.f();
@@ -1118,7 +1129,7 @@ static void wgrad_cvec_body(void* vctx, int64_t begin, int64_t end) {
         for (int64_t m = 0; m < Mi; ++m)
           px[b * Mi + m] = b * img_floats + (m / g.OW) * g.sh * cx.WP + (m % g.OW) * g.sw;
       }
-      cvec_tap_offsets(g, Cg, cx.HP, cx.WP, to);
+      cvec_tap_offsets(g, Cg, cx.HP, cx.WP, nullptr, to);
       M = (n1 - n0) * Mi;
       packed = rest;
     }
@@ -1162,8 +1173,7 @@ static void weight_grad_impl(const WeightGradArgs& a, ParallelFn parallel) {
     cx.KV = cvec_kv(g.Kg() / V);
     cx.TB = (int)imin(8, CNNFAST_ACC / cx.KV);
     const int64_t runs = cx.chunks * g.groups, kv_blocks = cdiv(g.Kg() / V, cx.KV);
-    cx.kv_per_split = cdiv(kv_blocks, imin(kv_blocks, cdiv(32, runs)));
-    cx.splits = cdiv(kv_blocks, cx.kv_per_split);
+    split_channel_blocks(kv_blocks, runs, 32, &cx.kv_per_split, &cx.splits);
     parallel(runs * cx.splits, &cx, wgrad_cvec_body);
     ReduceCtx rc{ws.f(), a.gw, cx.chunks, total};
     parallel(cdiv(total, 4096), &rc, reduce_body);
@@ -1207,12 +1217,7 @@ static void pool_flat_tap(const float* R, int64_t off, int64_t sw_rt, int64_t E,
     if (SW == 1) {
       v = vload(R + e0 + off);
     } else if (SW == 2) {
-      const vf lo = vload(R + 2 * e0 + off), hi = vload(R + 2 * e0 + off + V);
-#if CNNFAST_V == 8 && (defined(__clang__) || __GNUC__ >= 12)
-      v = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
-#else
-      for (int l = 0; l < V / 2; ++l) v[l] = lo[2 * l], v[l + V / 2] = hi[2 * l];
-#endif
+      v = vload_even(R + 2 * e0 + off);
     } else {
       for (int l = 0; l < V; ++l) v[l] = R[(e0 + l) * sw + off];
     }
