@@ -123,7 +123,8 @@ def _print_report(torch_history, cnnfast_history, report: dict, out: str):
         print(f"mean |difference| from the float64 run's per-step losses, per epoch: torch "
               f"[{fmt(f'{v:.2g}' for v in reference['torch'])}], cnnfast "
               f"[{fmt(f'{v:.2g}' for v in reference['cnnfast'])}]")
+    why = "bit-identical" if reference is None else "rule: cnnfast deviates from float64 at most 2x as much as torch"
     print(f"verdict: {'equal' if report['equal_within_float32_tolerance'] else 'NOT equal'} within float32 tolerance "
-          f"({'bit-identical' if reference is None else 'rule: cnnfast deviates from float64 at most 2x as much as torch'})")
+          f"({why})")
     print(f"speed: torch {ips['torch']:,.0f} img/s, cnnfast {ips['cnnfast']:,.0f} img/s, "
           f"ratio cnnfast/torch {report['speed_ratio_cnnfast_over_torch']:.2f}x; results in {out}", flush=True)

@@ -68,8 +68,9 @@ def _plot(path: str, runs: dict):
 def _summary(trainer) -> dict:
     """What ``metrics.json`` says of ``trainer``'s (a ``loop._Run``) run besides its epochs."""
     from .. import __version__
+    stock = trainer.label == "torch"
     return {"label": trainer.label, "config": _config(trainer.cfg), "device": str(trainer.device),
-            "backend": _backend_name(trainer.cfg.backend, trainer.device) if trainer.label != "torch" else "stock torch",
+            "backend": "stock torch" if stock else _backend_name(trainer.cfg.backend, trainer.device),
             "torch": torch.__version__, "cnnfast": __version__,
             "data": {"name": trainer.data.name, "train": len(trainer.data.train), "val": len(trainer.data.val),
                      "classes": trainer.data.classes},
