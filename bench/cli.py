@@ -25,7 +25,8 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--dtype", type=_list, default=None,
                    help="comma list of " + ",".join(suites.DTYPES) + " (default: all; no tf32 on CPU)")
     p.add_argument("--layout", type=_list, default=list(suites.LAYOUTS), help="comma list of nchw,channels_last")
-    p.add_argument("--direction", type=_list, default=list(suites.DIRECTIONS), help="comma list of fwd,fwd+bwd")
+    p.add_argument("--direction", type=_list, default=list(suites.DIRECTIONS),
+                   help="comma list of fwd (forward), fwd+bwd (forward and backward)")
     p.add_argument("--batch", type=lambda s: [int(v) for v in _list(s)], default=None, help="comma list of batch sizes")
     p.add_argument("--providers", type=_list, default=None,
                    help="comma list among eager,compile,cnnfast:<backend> (default: all available)")

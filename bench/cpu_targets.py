@@ -69,7 +69,7 @@ def main(argv=None):
             stock = lambda: F.max_pool2d(F.relu(F.conv2d(x, w, b)), 2)  # noqa: E731
             fast = lambda: cf.conv_relu_maxpool2d(x, w, b, pool_kernel_size=2, backend="cpu")  # noqa: E731
             torch.testing.assert_close(fast(), stock(), atol=1e-4, rtol=1e-4)
-            rows.append((f"fused fwd {name}, batch {batch}",
+            rows.append((f"fused forward {name}, batch {batch}",
                          *_side_by_side(stock, fast, args.min_run_time, args.rounds)))
 
     batch = 256

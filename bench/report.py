@@ -175,6 +175,25 @@ def plots(data: dict, directory: Path, tag: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for name, draw in (("speedup", _speedup_figure), ("roofline", _roofline_figure)):
+        fig = draw(plt, data)
+        fig.tight_layout()
+        fig.savefig(directory / f"{tag}-{name}.png", dpi=110)
+        plt.close(fig)
+
+
+def _log_axes(ax, title: str, ylabel: str, xlabel=None):
+    """A log-scaled y axis (and x axis, where ``xlabel`` names it), labelled, with a legend."""
+    if xlabel:
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
+def _speedup_figure(plt, data: dict):
     names = [p for p in data["providers"] if p != EAGER]
     suites = list(dict.fromkeys(r["suite"] for r in data["cases"]))
     fig, axes = plt.subplots(len(suites), 1, figsize=(12, 4.5 * len(suites)), squeeze=False)
@@ -191,21 +210,17 @@ def plots(data: dict, directory: Path, tag: str):
                        label=name)
             else:
                 ax.scatter([t for _, _, t in pts], [s for _, s, _ in pts], s=8, label=name)
-        if len(records) <= 48:
+        ax.axhline(1, color="black", lw=0.8)
+        many = len(records) > 48
+        if not many:
             ax.set_xticks(range(len(records)), [f"{r['label']}\n{_variant(r)}" for r in records], rotation=80,
                           fontsize=6)
-        else:
-            ax.set_xscale("log")
-            ax.set_xlabel("eager time per call (ms)")
-        ax.axhline(1, color="black", lw=0.8)
-        ax.set_yscale("log")
-        ax.set_ylabel("speed-up over eager")
-        ax.set_title(f"{suite} ({data['environment']['device']})")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(directory / f"{tag}-speedup.png", dpi=110)
-    plt.close(fig)
+        _log_axes(ax, f"{suite} ({data['environment']['device']})", "speed-up over eager",
+                  "eager time per call (ms)" if many else None)
+    return fig
 
+
+def _roofline_figure(plt, data: dict):
     ceil = data["ceilings"]
     fig, ax = plt.subplots(figsize=(8, 6))
     points = [(r["flops"] / r["bytes"], res["tflops"], p) for r in data["cases"] for p, res in r["providers"].items()
@@ -219,12 +234,6 @@ def plots(data: dict, directory: Path, tag: str):
         for name in data["providers"]:
             pts = [(i, t) for i, t, p in points if p == name]
             ax.scatter([i for i, _ in pts], [t for _, t in pts], s=10, label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP per byte of the fewest bytes moved)")
-    ax.set_ylabel("achieved TFLOP/s")
-    ax.set_title(f"Roofline, measured ceilings ({data['environment']['device']})")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(directory / f"{tag}-roofline.png", dpi=110)
-    plt.close(fig)
+    _log_axes(ax, f"Roofline, measured ceilings ({data['environment']['device']})", "achieved TFLOP/s",
+              "arithmetic intensity (FLOP per byte of the fewest bytes moved)")
+    return fig

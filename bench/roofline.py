@@ -37,7 +37,7 @@ def counts(case):
         pool_flops = n * c * h * w * (case.pool.kernel[0] * case.pool.kernel[1] - 1)
     y = n * c * h * w
     elems, flops = x + weights + y, conv_flops + pool_flops
-    if case.direction == "fwd+bwd":   # input grad and weight grad: one conv's FLOPs each
+    if case.direction == "fwd+bwd":   # input_grad and weight_grad: one conv's FLOPs each
         elems += y + 2 * x + 2 * weights
         flops += 2 * conv_flops
     return flops, elems * _itemsize(case.dtype)

@@ -22,7 +22,7 @@ OPS = ("conv2d", "max_pool2d", "conv_relu_maxpool2d")
 MODEL_OPS = ("net_train_step", "resnet18")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")  # "float32" is TF32 off, "tf32" TF32 on
 LAYOUTS = ("nchw", "channels_last")
-DIRECTIONS = ("fwd", "fwd+bwd")
+DIRECTIONS = ("fwd", "fwd+bwd")  # forward; forward and backward (spelled so in case ids and results)
 
 TORCH_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
                 "float16": torch.float16}

@@ -1,5 +1,5 @@
 """The ``cnnfast`` command. Each subcommand lives in its own module, imported only when it runs, so
-``import cnnfast`` (and ``cnnfast --help``) stays light."""
+``import cnnfast`` and ``cnnfast --help`` load none of them (nor matplotlib or torchvision)."""
 import importlib
 import sys
 
