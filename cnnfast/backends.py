@@ -71,10 +71,6 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def _load_extension():
     try:
         return importlib.import_module("cnnfast._C")
@@ -82,7 +78,9 @@ def _load_extension():
         return None
 
 
-# Looked up once, at import: torch.compile cannot trace importlib, and resolve() runs inside the graph.
+# Looked up once, at import: resolve() runs inside torch.compile's graphs, and dynamo cannot trace
+# importlib (torch 2.11's cannot even trace importlib.util.find_spec; 2.14's folds it).
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 _EXTENSION = _load_extension()
 # Which of its kernels it has ("cpu", "cuda"), also fixed at import for the same reason.
 _EXTENSION_HAS = {name: bool(_EXTENSION is not None and getattr(_EXTENSION, f"has_{name}", lambda: False)())
@@ -100,7 +98,7 @@ def _why_unavailable(name: str, device: torch.device):
     if name == "torch":
         return None
     if name == "triton":
-        if not _has_triton():
+        if not _HAS_TRITON:
             return "backend 'triton' needs the triton package, which is not installed"
         if device.type == "cuda":
             return None

@@ -7,7 +7,8 @@ receive normalised arguments and trust them.
 import torch
 import torch.nn.functional as F
 
-from . import _ops, backends
+from . import backends
+from .ops import is_channels_last, run_conv2d, run_conv_relu_maxpool2d, run_max_pool2d, wants_grad
 
 __all__ = ["conv2d", "max_pool2d", "conv_relu_maxpool2d"]
 
@@ -22,10 +23,6 @@ def _pair(value, name: str, op: str):
             isinstance(v, int) and not isinstance(v, bool) for v in value):
         return (value[0], value[-1])
     raise TypeError(f"{op}: {name} must be an int or a tuple of two ints, got {value!r}")
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _conv_out(size: int, pad_total: int, dilation: int, kernel: int, stride: int) -> int:
@@ -159,9 +156,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if name == "torch":
         out = F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_, groups)
     else:
-        out = _ops.run_conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, list(out_size),
-                              _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32,
-                              name)
+        out = run_conv2d(x, weight, bias, stride_, pad, dilation_, groups, out_size,
+                         is_channels_last(x) or is_channels_last(weight), torch.backends.cudnn.allow_tf32, name)
     return out.squeeze(0) if unbatched else out
 
 
@@ -178,14 +174,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         result = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                               return_indices=return_indices)
     else:
-        args = (x, list(kernel_size), list(stride), list(padding), list(dilation), list(out_size),
-                _is_channels_last(x), name)
-        if return_indices or (torch.is_grad_enabled() and x.requires_grad):
-            result = _ops.run_max_pool2d(*args, with_indices=True)
-            if not return_indices:
-                result = result[0]
-        else:
-            result = _ops.run_max_pool2d(*args, with_indices=False)
+        args = (x, kernel_size, stride, padding, dilation, out_size, is_channels_last(x), name)
+        with_indices = return_indices or wants_grad(x)
+        result = run_max_pool2d(*args, with_indices=with_indices)
+        if with_indices and not return_indices:
+            result = result[0]
     if unbatched:
         return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
     return result
@@ -210,10 +203,10 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
                             groups))
         out = F.max_pool2d(y, pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
     else:
-        args = (x, weight, bias, list(stride_), list(pad), list(dilation_), groups, list(conv_out),
-                list(pool_kernel), list(pool_stride), list(pool_pad), list(pool_dilation), list(out_size),
-                _is_channels_last(x) or _is_channels_last(weight), torch.backends.cudnn.allow_tf32, name)
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-        out = _ops.run_conv_relu_maxpool2d(*args, with_pos=needs_grad)
-        out = out[0] if needs_grad else out
+        args = (x, weight, bias, stride_, pad, dilation_, groups, conv_out, pool_kernel, pool_stride, pool_pad,
+                pool_dilation, out_size, is_channels_last(x) or is_channels_last(weight),
+                torch.backends.cudnn.allow_tf32, name)
+        with_pos = wants_grad(x, weight, bias)
+        out = run_conv_relu_maxpool2d(*args, with_pos=with_pos)
+        out = out[0] if with_pos else out
     return out.squeeze(0) if unbatched else out

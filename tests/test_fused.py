@@ -11,7 +11,7 @@ from conftest import assert_unchanged, DTYPES, TOLERANCES, assert_matches, rand
 
 import cnnfast
 import cnnfast.functional as cf
-from cnnfast import _ops
+from cnnfast.ops import conv_relu_maxpool2d as fused_ops
 
 # (N, C, H, W), (K, C/groups, R, S), conv keyword arguments, pool keyword arguments
 CASES = {
@@ -57,7 +57,7 @@ def _kernel_positions(x, w, b, conv, pool, backend):
                                                 conv.get("dilation", 1), conv.get("groups", 1), "test")
     pk, ps, pp, pd, out_size = _pool_geometry(conv_out, p["kernel_size"], p["stride"], p["padding"],
                                               p["dilation"], p["ceil_mode"], w.shape[0], "test")
-    out, pos = _ops.conv_relu_maxpool2d_with_pos(
+    out, pos = fused_ops.conv_relu_maxpool2d_with_pos(
         x.detach(), w.detach(), None if b is None else b.detach(), list(stride), list(pad), list(dil),
         conv.get("groups", 1), list(conv_out), list(pk), list(ps), list(pp), list(pd), list(out_size),
         False, False, backend)

@@ -4,25 +4,25 @@ import torch
 from conftest import DEVICE, rand
 
 import cnnfast.functional as cf
-from cnnfast import _ops
+from cnnfast.ops import conv2d as conv2d_ops, conv_relu_maxpool2d as fused_ops, max_pool2d as pool_ops
 from cnnfast.models import Net
 
 
 def _samples(backend):
     x, w, b = rand(2, 3, 7, 6, requires_grad=True), rand(4, 3, 3, 3, requires_grad=True), rand(4, requires_grad=True)
     conv = ([1, 1], [1, 1], [1, 1], 1)
-    yield _ops.conv2d, (x, w, b, *conv, [7, 6], False, False, backend)
-    yield _ops.conv2d, (x, w, None, [2, 1], [0, 1], [1, 2], 1, [3, 4], False, False, backend)
+    yield conv2d_ops.conv2d, (x, w, b, *conv, [7, 6], False, False, backend)
+    yield conv2d_ops.conv2d, (x, w, None, [2, 1], [0, 1], [1, 2], 1, [3, 4], False, False, backend)
     g = rand(2, 4, 7, 6)  # backward ops have no double backward: their inputs need no grad
-    yield _ops.conv2d_input_grad, (g, w.detach(), [7, 6], *conv, False, False, backend)
-    yield _ops.conv2d_weight_grad, (x.detach(), g, [4, 3, 3, 3], *conv, False, False, backend)
-    yield _ops.conv2d_bias_grad, (g, backend)
+    yield conv2d_ops.conv2d_input_grad, (g, w.detach(), [7, 6], *conv, False, False, backend)
+    yield conv2d_ops.conv2d_weight_grad, (x.detach(), g, [4, 3, 3, 3], *conv, False, False, backend)
+    yield conv2d_ops.conv2d_bias_grad, (g, backend)
     pool = ([2, 2], [2, 2], [0, 0], [1, 1], [3, 3], False, backend)
-    yield _ops.max_pool2d, (x.detach(), *pool)  # the front end calls it only when no grad is needed
-    yield _ops.max_pool2d_with_indices, (x, *pool)
+    yield pool_ops.max_pool2d, (x.detach(), *pool)  # the front end calls it only when no grad is needed
+    yield pool_ops.max_pool2d_with_indices, (x, *pool)
     fused = (x, w, b, *conv, [7, 6], [2, 2], [2, 2], [0, 0], [1, 1], [3, 3], False, False, backend)
-    yield _ops.conv_relu_maxpool2d, tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in fused)
-    yield _ops.conv_relu_maxpool2d_with_pos, fused
+    yield fused_ops.conv_relu_maxpool2d, tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in fused)
+    yield fused_ops.conv_relu_maxpool2d_with_pos, fused
 
 
 def test_custom_ops_pass_opcheck(fast_backend):
@@ -80,7 +80,7 @@ def test_eager_path_equals_the_custom_op_and_compiled_graphs_keep_the_op(which, 
     op_name, fn = _layers(fast_backend)[which]
     x, w, b = rand(2, 3, 9, 8, requires_grad=True), rand(4, 3, 3, 3, requires_grad=True), rand(4, requires_grad=True)
     out = fn(x, w, b)
-    assert type(out.grad_fn).__name__.startswith("_"), type(out.grad_fn).__name__  # one of _ops' Functions
+    assert type(out.grad_fn).__name__.startswith("_"), type(out.grad_fn).__name__  # one of cnnfast.ops' Functions
     g = torch.randn_like(out)
     leaves = [x] if "max_pool2d" in op_name else [x, w, b]
     eager = (out, *torch.autograd.grad(out, leaves, g))

@@ -1,0 +1,90 @@
+"""What every op module shares: registering a custom op, the layout and eager tests, and the two
+ways into an op (the custom op, or the eager autograd.Function).
+
+A torch.library custom op costs ~50 us of Python dispatch per call, more than a small layer's kernel.
+So every op function is kept twice: as the custom op ``cnnfast::<name>`` (torch.compile and anything
+tracing, fake tensors, tensor subclasses) and as the plain function it was made from, which eager calls
+on plain tensors run, inside a ``torch.autograd.Function`` when a gradient is wanted. Both paths share
+the op module's context setup and its one backward; only how that backward calls the gradient ops
+differs. Op functions take their int lists as tuples, as the launchers do: the front end passes
+tuples, and the custom ops convert the lists the dispatcher gives them.
+"""
+import inspect
+
+import torch
+from torch import Tensor
+
+# Op -> the function it was made from: the same computation without torch.library's dispatch.
+_DIRECT = {}
+
+
+def custom_op(name: str, fake):
+    """Decorator: register the function as the custom op ``cnnfast::<name>`` (schema from its
+    annotations) with the fake kernel ``fake``; return the op."""
+    def register(fn):
+        def from_dispatcher(*args):
+            return fn(*[tuple(a) if type(a) is list else a for a in args])
+
+        schema = torch.library.infer_schema(fn, mutates_args=())
+        op = torch.library.custom_op(f"cnnfast::{name}", from_dispatcher, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+        _DIRECT[op] = fn
+        return op
+    return register
+
+
+def empty(x: Tensor, shape, channels_last: bool, dtype=None) -> Tensor:
+    """A fake kernel's output: ``shape`` in the layout (and by default the dtype) the launcher gives."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether ``t`` is in channels_last and not also contiguous (size-1 dimensions make it both)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def wants_grad(*tensors) -> bool:
+    """Whether autograd would record an op on ``tensors`` (None allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def run(op, function, tensors, args):
+    """``op(*args)`` the fastest way: eager calls on plain ``tensors`` (None allowed) run
+    ``function.apply`` (the op's eager autograd.Function), or op's function alone when ``function`` is
+    None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op."""
+    if torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors):
+        return op(*args)
+    return _DIRECT[op](*args) if function is None else function.apply(*args)
+
+
+def register_autograd(op, setup, backward, name: str, *, eager=_DIRECT.__getitem__, traced=lambda op: op):
+    """Give ``op`` (a forward custom op) its backward on both paths; return the eager autograd.Function,
+    a class called ``name``.
+
+    ``setup(ctx, inputs, output)`` saves what the backward needs; ``backward(ctx, *grads, path)`` returns
+    the gradients of the leading inputs, reaching the gradient ops through ``path``: ``traced`` under
+    ``register_autograd``, ``eager`` in the Function. By default ``path(op)`` is the op itself, or
+    eagerly its plain function. The Function is written in the classic ``forward(ctx, ...)`` form: a
+    separate setup_context costs an inspect.signature bind per call.
+    """
+    forward_fn = _DIRECT[op]
+    inputs = len(inspect.signature(forward_fn).parameters)
+
+    def backward_via(path):
+        def run_backward(ctx, *grads):
+            grads = backward(ctx, *grads, path=path)
+            return grads + (None,) * (inputs - len(grads))
+        return run_backward
+
+    def forward(ctx, *args):
+        output = forward_fn(*args)
+        setup(ctx, args, output)
+        return output
+
+    op.register_autograd(backward_via(traced), setup_context=setup)
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                    "backward": staticmethod(backward_via(eager))})

@@ -1,0 +1,76 @@
+"""conv2d: the custom op ``cnnfast::conv2d``, its gradient ops (input_grad, weight_grad, bias_grad),
+their fake kernels and the one backward both paths use (see ``_common``).
+
+Geometry arrives normalised by ``cnnfast.functional``: ``padding = (pad_top, pad_left)`` with the
+output size given explicitly, which is how asymmetric 'same' padding reaches the kernels.
+"""
+from typing import List, Optional
+
+from torch import Tensor
+
+from ..backends import kernels
+from ._common import custom_op, empty, is_channels_last, register_autograd, run, wants_grad
+
+
+@custom_op("conv2d", fake=lambda x, weight, bias, stride, padding, dilation, groups, out_size, channels_last,
+           *_: empty(x, (x.shape[0], weight.shape[0], *out_size), channels_last))
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+           dilation: List[int], groups: int, out_size: List[int], channels_last: bool, allow_tf32: bool,
+           backend: str) -> Tensor:
+    return kernels(backend).conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
+                                           channels_last=channels_last, allow_tf32=allow_tf32)
+
+
+@custom_op("conv2d_input_grad", fake=lambda grad, weight, input_size, stride, padding, dilation, groups,
+           channels_last, *_: empty(grad, (grad.shape[0], weight.shape[1] * groups, *input_size), channels_last))
+def conv2d_input_grad(grad: Tensor, weight: Tensor, input_size: List[int], stride: List[int], padding: List[int],
+                      dilation: List[int], groups: int, channels_last: bool, allow_tf32: bool, backend: str) -> Tensor:
+    return kernels(backend).conv2d_input_grad(grad, weight, input_size, stride, padding, dilation, groups,
+                                              channels_last=channels_last, allow_tf32=allow_tf32)
+
+
+@custom_op("conv2d_weight_grad", fake=lambda x, grad, weight_size, stride, padding, dilation, groups,
+           channels_last, *_: empty(x, tuple(weight_size), channels_last))
+def conv2d_weight_grad(x: Tensor, grad: Tensor, weight_size: List[int], stride: List[int], padding: List[int],
+                       dilation: List[int], groups: int, channels_last: bool, allow_tf32: bool, backend: str) -> Tensor:
+    return kernels(backend).conv2d_weight_grad(x, grad, weight_size, stride, padding, dilation, groups,
+                                               channels_last=channels_last, allow_tf32=allow_tf32)
+
+
+@custom_op("conv2d_bias_grad", fake=lambda grad, backend: grad.new_empty((grad.shape[1],)))
+def conv2d_bias_grad(grad: Tensor, backend: str) -> Tensor:
+    return kernels(backend).conv2d_bias_grad(grad)
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, _, _, allow_tf32, backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conv = (stride, padding, dilation, groups)
+    ctx.options = (allow_tf32, backend)
+    # Each gradient in its tensor's layout (the forward's output is channels_last if either is).
+    ctx.channels_last = (is_channels_last(x), is_channels_last(weight))
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad, path):
+    x, weight = ctx.saved_tensors
+    allow_tf32, backend = ctx.options
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = path(conv2d_input_grad)(grad, weight, x.shape[2:], *ctx.conv, ctx.channels_last[0], allow_tf32,
+                                         backend)
+    if ctx.needs_input_grad[1]:
+        grad_w = path(conv2d_weight_grad)(x, grad, weight.shape, *ctx.conv, ctx.channels_last[1], allow_tf32,
+                                          backend)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = path(conv2d_bias_grad)(grad, backend)
+    return grad_x, grad_w, grad_b
+
+
+_Conv2dFunction = register_autograd(conv2d, _setup, _backward, "_Conv2dFunction")
+
+
+def run_conv2d(x, weight, bias, *args):
+    """``conv2d`` (the custom op's arguments): the eager path or the custom op."""
+    function = _Conv2dFunction if wants_grad(x, weight, bias) else None
+    return run(conv2d, function, (x, weight, bias), (x, weight, bias, *args))

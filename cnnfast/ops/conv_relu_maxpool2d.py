@@ -1,0 +1,126 @@
+"""conv2d + bias + ReLU + max_pool2d, fused: the custom ops ``cnnfast::conv_relu_maxpool2d`` (no
+window positions: nothing to differentiate) and ``cnnfast::conv_relu_maxpool2d_with_pos``, the gradient
+op ``cnnfast::conv_relu_maxpool2d_backward``, their fake kernels and the one backward both paths use
+(see ``_common``).
+
+The forward writes only the pooled output; for backward it saves one small integer per pooled output,
+``pos``: the window position of its maximum, or -1 where ReLU zeroed the gradient. The pre-pool
+activation never exists in memory. The backward rebuilds the conv-output gradient from (grad, pos):
+the Triton kernels inside conv2d's gradient kernels as they load it, the CPU kernels tile by tile as
+the engine packs it; the CUDA kernels (and so "emulated_cuda") gather it into a float32 temporary of
+the conv output's size for the duration of one gradient op. The bias gradient sums the kept pooled
+gradients directly on every backend.
+"""
+from typing import List, Optional
+
+from torch import Tensor
+
+from .._outputs import pos_dtype
+from ..backends import kernels
+from ._common import custom_op, empty, is_channels_last, register_autograd, run
+
+
+def _outputs(x, weight, pool_kernel, out_size, channels_last, with_pos):
+    """The fake kernels' (out, pos), pos only ``with_pos``."""
+    shape = (x.shape[0], weight.shape[0], *out_size)
+    out = empty(x, shape, channels_last)
+    return (out, empty(x, shape, channels_last, pos_dtype(pool_kernel))) if with_pos else out
+
+
+def _forward(args, with_pos):
+    """The forward launcher on the forward ops' arguments ``args``: (out, pos), pos None unless ``with_pos``."""
+    *geometry, channels_last, allow_tf32, backend = args
+    return kernels(backend).conv_relu_maxpool2d_forward(*geometry, with_pos=with_pos, channels_last=channels_last,
+                                                        allow_tf32=allow_tf32)
+
+
+@custom_op("conv_relu_maxpool2d", fake=lambda x, weight, bias, stride, padding, dilation, groups, conv_out_size,
+           pool_kernel, pool_stride, pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend:
+           _outputs(x, weight, pool_kernel, out_size, channels_last, with_pos=False))
+def conv_relu_maxpool2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+                        dilation: List[int], groups: int, conv_out_size: List[int], pool_kernel: List[int],
+                        pool_stride: List[int], pool_padding: List[int], pool_dilation: List[int],
+                        out_size: List[int], channels_last: bool, allow_tf32: bool, backend: str) -> Tensor:
+    return _forward((x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
+                     pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend), with_pos=False)[0]
+
+
+@custom_op("conv_relu_maxpool2d_with_pos", fake=lambda x, weight, bias, stride, padding, dilation, groups,
+           conv_out_size, pool_kernel, pool_stride, pool_padding, pool_dilation, out_size, channels_last, allow_tf32,
+           backend: _outputs(x, weight, pool_kernel, out_size, channels_last, with_pos=True))
+def conv_relu_maxpool2d_with_pos(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                                 padding: List[int], dilation: List[int], groups: int, conv_out_size: List[int],
+                                 pool_kernel: List[int], pool_stride: List[int], pool_padding: List[int],
+                                 pool_dilation: List[int], out_size: List[int], channels_last: bool,
+                                 allow_tf32: bool, backend: str) -> tuple[Tensor, Tensor]:
+    return _forward((x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
+                     pool_padding, pool_dilation, out_size, channels_last, allow_tf32, backend), with_pos=True)
+
+
+def _launch_grads(args, needs, channels_last, allow_tf32, backend):
+    """The eager path's gradients: one launcher call for every gradient in ``needs``, a tuple
+    (grad_x, grad_weight, grad_bias), None where not needed. ``args``: the backward op's leading ones."""
+    return kernels(backend).conv_relu_maxpool2d_backward(*args, needs=needs, channels_last=channels_last,
+                                                         allow_tf32=allow_tf32)
+
+
+# One backward op per gradient (its schema returns one tensor), so a traced graph holds only the
+# gradients it needs. `which` is 0 for the input, 1 for the weight, 2 for the bias.
+@custom_op("conv_relu_maxpool2d_backward", fake=lambda grad, x, weight, pos, stride, padding, dilation, groups,
+           conv_out_size, pool_kernel, pool_stride, pool_padding, pool_dilation, which, channels_last, allow_tf32,
+           backend: empty(x, (x.shape, weight.shape, weight.shape[:1])[which], channels_last and which < 2))
+def conv_relu_maxpool2d_backward(grad: Tensor, x: Tensor, weight: Tensor, pos: Tensor, stride: List[int],
+                                 padding: List[int], dilation: List[int], groups: int, conv_out_size: List[int],
+                                 pool_kernel: List[int], pool_stride: List[int], pool_padding: List[int],
+                                 pool_dilation: List[int], which: int, channels_last: bool, allow_tf32: bool,
+                                 backend: str) -> Tensor:
+    args = (grad, x, weight, pos, stride, padding, dilation, groups, conv_out_size, pool_kernel, pool_stride,
+            pool_padding, pool_dilation)
+    return _launch_grads(args, tuple(i == which for i in range(3)), channels_last, allow_tf32, backend)[which]
+
+
+def _op_grads(args, needs, channels_last, allow_tf32, backend):
+    """The traced path's gradients, as ``_launch_grads``: one backward op for each one needed."""
+    return tuple(conv_relu_maxpool2d_backward(*args, which, channels_last, allow_tf32, backend) if need else None
+                 for which, need in enumerate(needs))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, *geometry, _, _, allow_tf32, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.geometry = geometry  # stride ... pool_dilation: the backward op's geometry arguments
+    ctx.options = (allow_tf32, backend)
+    ctx.channels_last = (is_channels_last(x), is_channels_last(weight))
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad, _grad_pos, path):
+    x, weight, pos = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+    x_layout, weight_layout = ctx.channels_last
+    # One call for every gradient wanted; two when the input and weight gradients differ in layout (the
+    # bias gradient, 1-D, has none: it goes with the input gradient).
+    calls = [(needs, x_layout)] if x_layout == weight_layout else [
+        ((needs[0], False, needs[2]), x_layout), ((False, needs[1], False), weight_layout)]
+    args = (grad, x, weight, pos, *ctx.geometry)
+    grads = [None, None, None]
+    for wanted, layout in calls:
+        if any(wanted):
+            got = path(args, wanted, layout, *ctx.options)
+            grads = [g if g is not None else new for g, new in zip(grads, got)]
+    return tuple(grads)
+
+
+_ConvReluMaxpool2dFunction = register_autograd(conv_relu_maxpool2d_with_pos, _setup, _backward,
+                                               "_ConvReluMaxpool2dFunction", eager=_launch_grads,
+                                               traced=_op_grads)
+
+
+def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):
+    """The fused op (the custom ops' arguments): ``conv_relu_maxpool2d_with_pos`` (out, pos) when
+    ``with_pos``, else ``conv_relu_maxpool2d`` (out); the eager path or the custom ops."""
+    tensors = (x, weight, bias)
+    if with_pos:
+        return run(conv_relu_maxpool2d_with_pos, _ConvReluMaxpool2dFunction, tensors, (*tensors, *args))
+    return run(conv_relu_maxpool2d, None, tensors, (*tensors, *args))
