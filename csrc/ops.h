@@ -4,8 +4,9 @@
 //
 // An op `name_kernel` is the function template ops::name_kernel<Impl>: it checks its arguments,
 // returns when the output is empty, and calls Impl(args) with one struct of the checked arguments.
-// The CPU kernels register ops::conv2d_forward_kernel<&cpu::conv2d_forward>, the CUDA host code
-// ops::conv2d_forward_kernel<&cuda::conv2d_forward<Exec>>, on the GPU and in the emulator alike.
+// The CPU kernels register ops::conv2d_forward_kernel<&cpu::impl::conv2d_forward> (cpu/conv2d.cpp),
+// the CUDA host code ops::conv2d_forward_kernel<&cuda::conv2d_forward<Exec>> (cuda/conv2d.h: one
+// registration function for the GPU and the emulator alike).
 #pragma once
 
 #include <ATen/ATen.h>
