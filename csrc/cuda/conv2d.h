@@ -5,7 +5,7 @@
 //                    cores for float32 when allow_tf32, exact float32 FMA otherwise
 //   input gradient   GEMM when C/g >= 32 and K/g*R*S >= 32, else the direct program on the
 //                    zero-upsampled dy with the flipped weight (geometry.h: input_grad_as_forward)
-//   weight gradient  split-K GEMM when K/g >= 32 and C/g*R*S >= 32, else WgradDirect; both reduce
+//   weight gradient  split-K GEMM when K/g >= 32 and C/g*R*S >= 32, else WeightGradDirect; both reduce
 //                    their splits in order (reduce.h)
 //   bias gradient    per-chunk splits of the pixels (BiasGradPartial), summed in order; with pos, the
 //                    fused op's (only the pooled cells whose pos >= 0)
@@ -91,7 +91,7 @@ void conv2d_forward(const Conv2dForward& a) {
       if (!want_gemm && plan_direct(d, patch)) return launch_direct<T, false>(exec, d, patch);
       GemmArgs<T> ga = forward_gemm_args(d);
       ga.M = static_cast<idx>(nc * g.OH * g.OW);
-      launch_gemm<kFwd>(exec, ga, a.allow_tf32, a.x);
+      launch_gemm<kForward>(exec, ga, a.allow_tf32, a.x);
     });
   });
 }
@@ -127,7 +127,7 @@ void conv2d_input_grad(const Conv2dInputGrad& a) {
       ga.w = w.const_data_ptr<T>();
       ga.out = view_of<T>(gic);
       ga.M = static_cast<idx>(nc * f.H * f.W), ga.N = static_cast<idx>(Cg), ga.Kred = static_cast<idx>(Kg * f.R * f.S);
-      launch_gemm<kDgrad>(exec, ga, a.allow_tf32, a.out);
+      launch_gemm<kInputGrad>(exec, ga, a.allow_tf32, a.out);
     });
   });
 }
@@ -139,7 +139,7 @@ inline idx weight_grad_chunk_splits(const ConvGeom& g, bool use_gemm, int64_t nc
   if (use_gemm) {
     const int64_t BN = g.Kg() <= 32 ? 32 : 64;
     const int64_t blocks = ((crs + 127) / 128) * ((g.Kg() + BN - 1) / BN) * g.groups;
-    return weight_grad_splits(blocks, (P + kWgradBK - 1) / kWgradBK, g.groups);
+    return weight_grad_splits(blocks, (P + kWeightGradBK - 1) / kWeightGradBK, g.groups);
   }
   const int64_t want = (65536 + total - 1) / total, by_len = (P + 255) / 256;
   return static_cast<idx>(std::max<int64_t>(1, std::min({want, by_len, int64_t{65535}})));
@@ -178,10 +178,10 @@ void conv2d_weight_grad(const Conv2dWeightGrad& a) {
         ga.ws = wsc;
         ga.M = static_cast<idx>(crs), ga.N = static_cast<idx>(g.Kg()), ga.Kred = static_cast<idx>(P);
         ga.splits = sp;
-        ga.steps_per_split = static_cast<idx>(((P + kWgradBK - 1) / kWgradBK + sp - 1) / sp);
-        return launch_gemm<kWgrad>(exec, ga, a.allow_tf32, a.x);
+        ga.steps_per_split = static_cast<idx>(((P + kWeightGradBK - 1) / kWeightGradBK + sp - 1) / sp);
+        return launch_gemm<kWeightGrad>(exec, ga, a.allow_tf32, a.x);
       }
-      WgradDirect<T> prog;
+      WeightGradDirect<T> prog;
       prog.x = view_of<const T>(xc);
       prog.dy = view_of<const T>(dyc);
       prog.ws = wsc;

@@ -33,7 +33,7 @@ void conv_relu_maxpool2d_forward(const ConvReluMaxPool2dForward& a) {
       }
       TORCH_CHECK(gemm_fits, op, ": a ", g.R, "x", g.S, " kernel with a ", p.kh, "x", p.kw,
                   " pooling window is not supported by backend 'cuda'; use backend='triton' or 'torch'");
-      launch_gemm<kFwdPool>(exec, forward_gemm_args(d), a.conv.allow_tf32, a.conv.x);
+      launch_gemm<kForwardPool>(exec, forward_gemm_args(d), a.conv.allow_tf32, a.conv.x);
     });
   });
 }

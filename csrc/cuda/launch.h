@@ -165,7 +165,7 @@ inline idx weight_grad_splits(int64_t blocks, int64_t steps, int64_t groups) {
 template <int KIND, typename T, class Mma, int BN, class Exec>
 void launch_gemm_tiles(const Exec& exec, GemmArgs<T> a) {
   using P = ConvGemm<KIND, T, Mma, BN>;
-  if (KIND == kFwdPool) {
+  if (KIND == kForwardPool) {
     a.taps = static_cast<idx>(a.p.kh * a.p.kw);
     a.windows = P::BM / a.taps;
     const int64_t pooled = a.g.N * a.p.OH * a.p.OW;
@@ -183,9 +183,9 @@ void launch_gemm_tiles(const Exec& exec, GemmArgs<T> a) {
 template <int KIND, typename T, class Exec>
 void launch_gemm(const Exec& exec, GemmArgs<T> a, bool allow_tf32, const at::Tensor& like) {
   at::Tensor table;
-  if constexpr (KIND != kWgrad) {
-    constexpr bool input_grad = KIND == kDgrad;
-    table = scratch({static_cast<int64_t>(a.Kred) * static_cast<int64_t>(input_grad ? sizeof(DTap) : sizeof(Tap))},
+  if constexpr (KIND != kWeightGrad) {
+    constexpr bool input_grad = KIND == kInputGrad;
+    table = scratch({static_cast<int64_t>(a.Kred) * static_cast<int64_t>(input_grad ? sizeof(InputGradTap) : sizeof(Tap))},
                     like.options().dtype(at::kChar));
     TapTable<T, input_grad> prog;
     prog.a = a;
