@@ -6,9 +6,10 @@ Install (torch must be importable at build time, hence no build isolation):
     pip install --no-build-isolation -e .
 
 What gets built:
-    - the CPU kernels, always (csrc/ops.cpp, csrc/cpu/*.cpp);
-    - the CUDA kernels (csrc/cuda/*.cu) when torch was built with CUDA and nvcc is found, for sm_80 and
-      sm_90 plus PTX for newer GPUs.
+    - every C++ source under csrc/ (*.cpp), always: the op schemas, the CPU kernels, and the emulator
+      that runs the CUDA kernels' block programs on the CPU (backend "emulated_cuda");
+    - every CUDA source under csrc/ (*.cu) when torch was built with CUDA and nvcc is found, for sm_80
+      and sm_90 plus PTX for newer GPUs.
 
 Settings, from the environment:
     CNNFAST_CPU_ONLY=1          skip the CUDA kernels even where they could be built
@@ -77,6 +78,14 @@ def _nvcc_toolkit():
     return os.path.normpath(m.group(1).strip())
 
 
+def _sources(ending):
+    """The files under csrc/ whose names end in `ending`, as paths relative to this folder, sorted."""
+    found = []
+    for root, _, files in os.walk(os.path.join(HERE, "csrc")):
+        found += [os.path.relpath(os.path.join(root, f), HERE) for f in files if f.endswith(ending)]
+    return sorted(found)
+
+
 def _max_jobs():
     if os.environ.get("MAX_JOBS"):
         return
@@ -114,8 +123,7 @@ def _extension():
         cuda = False
 
     # The CPU kernels, and the emulator that runs the CUDA kernels' block programs on the CPU (tests).
-    sources = ["csrc/ops.cpp", "csrc/cpu/engine.cpp", "csrc/cpu/conv2d.cpp", "csrc/cpu/max_pool2d.cpp",
-               "csrc/cpu/conv_relu_maxpool2d.cpp", "csrc/cpu/emulated_cuda.cpp"]
+    sources = _sources(".cpp")
     cxx = ["-O3", "-Wno-psabi", "-fno-math-errno"]
     link = []
     define_macros = []
@@ -136,8 +144,7 @@ def _extension():
             sys.exit(1)
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
         gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
-        sources += sorted(os.path.join("csrc/cuda", f) for f in os.listdir(os.path.join(HERE, "csrc/cuda"))
-                          if f.endswith(".cu"))
+        sources += _sources(".cu")
         define_macros.append(("CNNFAST_WITH_CUDA", None))
         # CUDA 13 wheels of torch ship the math libraries' headers (cusparse.h, ...) under
         # site-packages/nvidia/*/include rather than in the toolkit: let torch's headers find them.

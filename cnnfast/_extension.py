@@ -25,10 +25,11 @@ __all__ = [
     "conv_relu_maxpool2d_forward", "conv_relu_maxpool2d_backward",
 ]
 
-_OP_NAMES = ("conv2d_fwd_kernel", "conv2d_input_grad_kernel", "conv2d_weight_grad_kernel", "conv2d_bias_grad_kernel",
-             "max_pool2d_fwd_kernel", "max_pool2d_bwd_kernel", "conv_relu_maxpool2d_fwd_kernel",
-             "conv_relu_maxpool2d_input_grad_kernel", "conv_relu_maxpool2d_weight_grad_kernel",
-             "conv_relu_maxpool2d_bias_grad_kernel")
+# The extension's ops (csrc/ops.cpp's schemas).
+_OP_NAMES = tuple(f"{op}_{part}_kernel" for op, parts in (
+    ("conv2d", ("forward", "input_grad", "weight_grad", "bias_grad")),
+    ("max_pool2d", ("forward", "backward")),
+    ("conv_relu_maxpool2d", ("forward", "input_grad", "weight_grad", "bias_grad"))) for part in parts)
 
 # The C++ ops write their (mutable) outputs and return nothing: the fake kernels have nothing to do.
 for _name in _OP_NAMES:
@@ -54,8 +55,8 @@ class Launchers:
         y = new_empty((x.shape[0], weight.shape[0], *out_size), dtype=x.dtype, device=x.device,
                       channels_last=channels_last)
         if y.numel():
-            self._ops.conv2d_fwd_kernel(x, weight, bias, _l(stride), _l(padding), _l(dilation), groups,
-                                        bool(allow_tf32), y)
+            self._ops.conv2d_forward_kernel(x, weight, bias, _l(stride), _l(padding), _l(dilation), groups,
+                                            bool(allow_tf32), y)
         return y
 
     def conv2d_input_grad(self, grad_out, weight, input_size, stride, padding, dilation, groups, *,
@@ -67,15 +68,8 @@ class Launchers:
         dtype = grad_out.dtype if pool is None else weight.dtype
         gi = new_empty((source.shape[0], groups * weight.shape[1], *input_size), dtype=dtype, device=weight.device,
                        channels_last=channels_last)
-        if not gi.numel():
-            return gi
-        conv = (_l(stride), _l(padding), _l(dilation), groups)
-        if pool is None:
-            self._ops.conv2d_input_grad_kernel(grad_out, weight, *conv, bool(allow_tf32), gi)
-        else:
-            grad_pooled, pos, pk, ps, pp, pd, conv_out = pool
-            self._ops.conv_relu_maxpool2d_input_grad_kernel(grad_pooled, pos, weight, *conv, _l(conv_out), _l(pk),
-                                                            _l(ps), _l(pp), _l(pd), bool(allow_tf32), gi)
+        tensors = (grad_out, weight) if pool is None else (pool[0], pool[1], weight)
+        self._conv_grad("input_grad", tensors, pool, stride, padding, dilation, groups, allow_tf32, gi)
         return gi
 
     def conv2d_weight_grad(self, x, grad_out, weight_size, stride, padding, dilation, groups, *,
@@ -84,16 +78,21 @@ class Launchers:
         (``pool`` as for the input gradient). Split in fixed chunks and reduced in order: bit-for-bit
         repeatable."""
         gw = new_empty(tuple(weight_size), dtype=x.dtype, device=x.device, channels_last=channels_last)
-        if not gw.numel():
-            return gw
-        conv = (_l(stride), _l(padding), _l(dilation), groups)
-        if pool is None:
-            self._ops.conv2d_weight_grad_kernel(x, grad_out, *conv, bool(allow_tf32), gw)
-        else:
-            grad_pooled, pos, pk, ps, pp, pd, conv_out = pool
-            self._ops.conv_relu_maxpool2d_weight_grad_kernel(x, grad_pooled, pos, *conv, _l(conv_out), _l(pk),
-                                                             _l(ps), _l(pp), _l(pd), bool(allow_tf32), gw)
+        tensors = (x, grad_out) if pool is None else (x, pool[0], pool[1])
+        self._conv_grad("weight_grad", tensors, pool, stride, padding, dilation, groups, allow_tf32, gw)
         return gw
+
+    def _conv_grad(self, which, tensors, pool, stride, padding, dilation, groups, allow_tf32, out):
+        """Writes ``out`` with ``conv2d_{which}_kernel`` or, given ``pool``, the fused op's
+        ``conv_relu_maxpool2d_{which}_kernel`` (``tensors``: the op's leading tensor arguments)."""
+        if not out.numel():
+            return
+        args = [*tensors, _l(stride), _l(padding), _l(dilation), groups]
+        if pool is not None:
+            _, _, pk, ps, pp, pd, conv_out = pool
+            args += [_l(conv_out), _l(pk), _l(ps), _l(pp), _l(pd)]
+        op = "conv2d" if pool is None else "conv_relu_maxpool2d"
+        getattr(self._ops, f"{op}_{which}_kernel")(*args, bool(allow_tf32), out)
 
     def conv2d_bias_grad(self, grad_out, *, pool=None, config=None):
         """Gradient of conv2d with respect to its bias: see ``cnnfast.kernels.conv2d.conv2d_bias_grad``."""
@@ -119,7 +118,7 @@ class Launchers:
         idx = (new_empty(shape, dtype=torch.int64, device=x.device, channels_last=channels_last)
                if with_indices else None)
         if out.numel():
-            self._ops.max_pool2d_fwd_kernel(x, _l(kernel_size), _l(stride), _l(padding), _l(dilation), out, idx)
+            self._ops.max_pool2d_forward_kernel(x, _l(kernel_size), _l(stride), _l(padding), _l(dilation), out, idx)
         return out, idx
 
     def max_pool2d_backward(self, grad_out, indices, input_size, kernel_size, stride, padding, dilation, *,
@@ -130,8 +129,8 @@ class Launchers:
             input_size = (*grad_out.shape[:2], *input_size)
         gx = new_empty(tuple(input_size), dtype=grad_out.dtype, device=grad_out.device, channels_last=channels_last)
         if gx.numel():
-            self._ops.max_pool2d_bwd_kernel(grad_out, indices, _l(kernel_size), _l(stride), _l(padding),
-                                            _l(dilation), gx)
+            self._ops.max_pool2d_backward_kernel(grad_out, indices, _l(kernel_size), _l(stride), _l(padding),
+                                                 _l(dilation), gx)
         return gx
 
     # --- conv2d + bias + ReLU + max_pool2d --------------------------------------------------------------
@@ -145,7 +144,7 @@ class Launchers:
         pos = (new_empty(shape, dtype=pos_dtype(pool_kernel), device=x.device, channels_last=channels_last)
                if with_pos else None)
         if out.numel():
-            self._ops.conv_relu_maxpool2d_fwd_kernel(
+            self._ops.conv_relu_maxpool2d_forward_kernel(
                 x, weight, bias, _l(stride), _l(padding), _l(dilation), groups, _l(conv_out_size),
                 _l(pool_kernel), _l(pool_stride), _l(pool_padding), _l(pool_dilation), bool(allow_tf32), out, pos)
         return out, pos

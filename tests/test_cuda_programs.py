@@ -1,4 +1,5 @@
-"""Every program of the CUDA backend, through shapes chosen to take each path of ops_impl.h's choices.
+"""Every program of the CUDA backend, through shapes chosen to take each path of the host code's choices
+(csrc/cuda/conv2d.h, conv_relu_maxpool2d.h).
 
 Without a GPU these run on backend "emulated_cuda" (the CUDA kernels' block programs run thread by
 thread on the CPU) and also check which programs each shape launched; on a GPU the same shapes run the
@@ -35,6 +36,13 @@ def _expect(launches, *fragments):
         return
     for fragment in fragments:
         assert any(fragment in line for line in launches), f"no launch of {fragment!r} in {launches}"
+
+
+def _check_launching(module, case, cases, fragments):
+    """module._check of `case` in float32, which must launch programs matching `fragments`."""
+    _launches()
+    module._check(case, torch.float32, BACKEND, cases=cases)
+    _expect(_launches(), *fragments)
 
 
 # name: (x shape, weight shape, conv kwargs), the programs forward and backward must launch.
@@ -77,9 +85,7 @@ FUSED_CASES = {name: case[:4] for name, case in FUSED.items()}
 
 @pytest.mark.parametrize("case", list(CONV))
 def test_cuda_conv2d_program_matches_float64_reference(case):
-    _launches()
-    test_conv2d._check(case, torch.float32, BACKEND, cases=CONV_CASES)
-    _expect(_launches(), *CONV[case][3])
+    _check_launching(test_conv2d, case, CONV_CASES, CONV[case][3])
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
@@ -99,9 +105,7 @@ def test_cuda_conv2d_program_channels_last(case):
 
 @pytest.mark.parametrize("case", list(FUSED))
 def test_cuda_fused_program_matches_float64_reference(case):
-    _launches()
-    test_fused._check(case, torch.float32, BACKEND, cases=FUSED_CASES)
-    _expect(_launches(), *FUSED[case][4])
+    _check_launching(test_fused, case, FUSED_CASES, FUSED[case][4])
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])

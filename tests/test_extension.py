@@ -19,21 +19,21 @@ def _op_samples():
     ops = torch.ops.cnnfast
     x, w, b = rand(2, 3, 7, 6), rand(4, 3, 3, 3), rand(4)
     conv = ([1, 1], [1, 1], [1, 1], 1, False)
-    yield ops.conv2d_fwd_kernel, (x, w, b, *conv, torch.empty(2, 4, 7, 6, device=DEVICE))
-    yield ops.conv2d_fwd_kernel, (x, w, None, [2, 1], [0, 1], [1, 2], 1, True, torch.empty(2, 4, 3, 4, device=DEVICE))
+    yield ops.conv2d_forward_kernel, (x, w, b, *conv, torch.empty(2, 4, 7, 6, device=DEVICE))
+    yield ops.conv2d_forward_kernel, (x, w, None, [2, 1], [0, 1], [1, 2], 1, True, torch.empty(2, 4, 3, 4, device=DEVICE))
     g = rand(2, 4, 7, 6)
     yield ops.conv2d_input_grad_kernel, (g, w, *conv, torch.empty(2, 3, 7, 6, device=DEVICE))
     yield ops.conv2d_weight_grad_kernel, (x, g, *conv, torch.empty(4, 3, 3, 3, device=DEVICE))
     yield ops.conv2d_bias_grad_kernel, (g, torch.empty(4, device=DEVICE))
     pool = ([2, 2], [2, 2], [0, 0], [1, 1])
     idx = torch.empty(2, 3, 3, 3, dtype=torch.int64, device=DEVICE)
-    yield ops.max_pool2d_fwd_kernel, (x, *pool, torch.empty(2, 3, 3, 3, device=DEVICE), idx)
-    ops.max_pool2d_fwd_kernel(x, *pool, torch.empty(2, 3, 3, 3, device=DEVICE), idx)
-    yield ops.max_pool2d_bwd_kernel, (rand(2, 3, 3, 3), idx, *pool, torch.empty(2, 3, 7, 6, device=DEVICE))
+    yield ops.max_pool2d_forward_kernel, (x, *pool, torch.empty(2, 3, 3, 3, device=DEVICE), idx)
+    ops.max_pool2d_forward_kernel(x, *pool, torch.empty(2, 3, 3, 3, device=DEVICE), idx)
+    yield ops.max_pool2d_backward_kernel, (rand(2, 3, 3, 3), idx, *pool, torch.empty(2, 3, 7, 6, device=DEVICE))
     pos = torch.empty(2, 4, 3, 3, dtype=torch.int8, device=DEVICE)
     fused = (x, w, b, *conv[:4], [7, 6], *pool, False)
-    yield ops.conv_relu_maxpool2d_fwd_kernel, (*fused, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
-    ops.conv_relu_maxpool2d_fwd_kernel(*fused, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
+    yield ops.conv_relu_maxpool2d_forward_kernel, (*fused, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
+    ops.conv_relu_maxpool2d_forward_kernel(*fused, torch.empty(2, 4, 3, 3, device=DEVICE), pos)
     gp = rand(2, 4, 3, 3)
     yield ops.conv_relu_maxpool2d_input_grad_kernel, (gp, pos, w, *conv[:4], [7, 6], *pool, False,
                                                       torch.empty(2, 3, 7, 6, device=DEVICE))
@@ -45,6 +45,16 @@ def _op_samples():
 def test_extension_ops_pass_opcheck():
     for op, args in _op_samples():
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_float32_output_temporary_is_poisoned(dtype):
+    """The CPU kernels write a float16 / bfloat16 output through a float32 temporary: poisoned like every
+    output ($CNNFAST_POISON=1, which the test suite sets), so an element no kernel writes comes out NaN."""
+    assert os.environ.get("CNNFAST_POISON") == "1"
+    out = torch.zeros(2, 3, 4, 5, dtype=dtype)
+    cnnfast._C._unwritten_float_out(out)
+    assert out.isnan().all()
 
 
 REPEAT_BACKENDS = [BACKEND] + (["emulated_cuda"] if "emulated_cuda" in cnnfast.backends.available(DEVICE) else [])

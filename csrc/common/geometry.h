@@ -30,6 +30,18 @@ struct ConvGeom {
   CNNFAST_HD int64_t Kg() const { return K / groups; }
 };
 
+// The input gradient of the conv `f` as a forward convolution, the form both backends run it in: a
+// stride-1 conv of dy (N, K, OH, OW) zero-upsampled by the stride, padded by (R-1)*dh - ph (negative:
+// a crop), with the flipped weight (host.h: flipped_weight), producing (N, C, H, W).
+CNNFAST_HD ConvGeom input_grad_as_forward(const ConvGeom& f) {
+  ConvGeom t;
+  t.N = f.N, t.C = f.K, t.H = (f.OH - 1) * f.sh + 1, t.W = (f.OW - 1) * f.sw + 1;
+  t.K = f.C, t.R = f.R, t.S = f.S, t.OH = f.H, t.OW = f.W, t.groups = f.groups;
+  t.sh = 1, t.sw = 1, t.dh = f.dh, t.dw = f.dw;
+  t.ph = (f.R - 1) * f.dh - f.ph, t.pw = (f.S - 1) * f.dw - f.pw;
+  return t;
+}
+
 // Geometry of a max-pool over a (H, W) plane producing (OH, OW); padding is (top, left).
 struct PoolGeom {
   int64_t H, W, OH, OW;

@@ -1,7 +1,8 @@
 // conv2d on the CPU: forward, input gradient (a forward convolution of the zero-upsampled dy with the
-// flipped, transposed weight), weight gradient (split over fixed batch chunks, reduced in order) and
-// bias gradient. The arithmetic is engine.h's; this file converts dtypes and fills the arguments.
-// input_grad and weight_grad also serve the fused op, whose dy is an Unpooled (glue.h).
+// flipped, transposed weight: common/geometry.h's input_grad_as_forward), weight gradient (split over
+// fixed batch chunks, reduced in order) and bias gradient. The arithmetic is engine.h's; this file
+// converts dtypes and fills the arguments. input_grad and weight_grad also serve the fused op, whose
+// dy is an Unpooled (engine_api.h).
 #include <torch/library.h>
 
 #include "../ops.h"
@@ -11,10 +12,7 @@ namespace cnnfast {
 namespace cpu {
 
 void input_grad(const ConvGeom& f, const View4& dy, const Unpooled* u, const at::Tensor& weight, const at::Tensor& out) {
-  const int64_t G = f.groups, Kg = f.Kg(), Cg = f.Cg();
-  // wt[g*Cg + c][k][R-1-r][S-1-s] = w[g*Kg + k][c][r][s]
-  const at::Tensor wt = as_float(weight).reshape({G, Kg, Cg, f.R, f.S}).transpose(1, 2).flip({3, 4})
-                            .reshape({G * Cg, Kg, f.R, f.S}).contiguous();
+  const at::Tensor wt = flipped_weight(as_float(weight), f.groups);
   FloatOut y(out);
   ConvFwdArgs a;
   a.x = dy;
@@ -22,15 +20,10 @@ void input_grad(const ConvGeom& f, const View4& dy, const Unpooled* u, const at:
   a.Hx = f.OH, a.Wx = f.OW, a.up_h = f.sh, a.up_w = f.sw;
   a.w = wt.data_ptr<float>();
   a.bias = nullptr;
-  a.y = view4(y.f);
-  ConvGeom g;
-  g.N = f.N, g.C = f.K, g.H = (f.OH - 1) * f.sh + 1, g.W = (f.OW - 1) * f.sw + 1;
-  g.K = f.C, g.R = f.R, g.S = f.S, g.OH = f.H, g.OW = f.W, g.groups = G;
-  g.sh = 1, g.sw = 1, g.dh = f.dh, g.dw = f.dw;
-  g.ph = (f.R - 1) * f.dh - f.ph, g.pw = (f.S - 1) * f.dw - f.pw;  // may be negative: a crop
-  a.g = g;
+  a.y = view4(y.t);
+  a.g = input_grad_as_forward(f);
   if (f.OH == 0 || f.OW == 0) {
-    y.f.zero_();
+    y.t.zero_();
   } else {
     conv_forward(a, parallel);
   }
@@ -38,7 +31,7 @@ void input_grad(const ConvGeom& f, const View4& dy, const Unpooled* u, const at:
 }
 
 void weight_grad(const ConvGeom& g, const at::Tensor& x, const View4& dy, const Unpooled* u, const at::Tensor& out) {
-  at::Tensor gw = at::empty(out.sizes(), out.options().dtype(at::kFloat));
+  at::Tensor gw = scratch(out.sizes(), out.options().dtype(at::kFloat));  // contiguous, as the engine writes it
   if (g.N == 0 || g.OH == 0 || g.OW == 0) {
     gw.zero_();
   } else {
@@ -54,80 +47,56 @@ void weight_grad(const ConvGeom& g, const at::Tensor& x, const View4& dy, const 
   out.copy_(gw);
 }
 
-namespace {
+namespace impl {  // what ops.h's entry points call (ops::<op>_kernel<&impl::<op>>)
 
-void conv2d_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                bool /*allow_tf32*/, const at::Tensor& out) {
-  const ConvGeom g = check_conv2d_fwd(x, weight, bias, stride, padding, dilation, groups, out);
-  if (out.numel() == 0) return;
-  const at::Tensor xf = as_float(x), wf = as_float(weight).contiguous();
-  const at::Tensor bf = bias.has_value() ? as_float(*bias).contiguous() : at::Tensor();
-  FloatOut y(out);
-  ConvFwdArgs a;
-  a.x = view4(xf);
-  a.Hx = g.H, a.Wx = g.W, a.up_h = 1, a.up_w = 1;
-  a.w = wf.data_ptr<float>();
-  a.bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
-  a.y = view4(y.f);
-  a.g = g;
-  conv_forward(a, parallel);
+void conv2d_forward(const Conv2dForward& a) {
+  const at::Tensor xf = as_float(a.x), wf = as_float(a.weight).contiguous();
+  const at::Tensor bf = a.bias.has_value() ? as_float(*a.bias).contiguous() : at::Tensor();
+  FloatOut y(a.out);
+  ConvFwdArgs f;
+  f.x = view4(xf);
+  f.Hx = a.g.H, f.Wx = a.g.W, f.up_h = 1, f.up_w = 1;
+  f.w = wf.data_ptr<float>();
+  f.bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
+  f.y = view4(y.t);
+  f.g = a.g;
+  conv_forward(f, parallel);
   y.finish();
 }
 
-void conv2d_input_grad(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool /*allow_tf32*/,
-                       const at::Tensor& out) {
-  // The geometry of the forward conv this is the gradient of: input `out`, output `grad`.
-  const ConvGeom f = check_conv2d_input_grad(grad, weight, stride, padding, dilation, groups, out);
-  if (out.numel() == 0) return;
-  const at::Tensor gf = as_float(grad);
-  input_grad(f, view4(gf), nullptr, weight, out);
+void conv2d_input_grad(const Conv2dInputGrad& a) {
+  const at::Tensor gf = as_float(a.grad);
+  input_grad(a.g, view4(gf), nullptr, a.weight, a.out);
 }
 
-void conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad, at::IntArrayRef stride, at::IntArrayRef padding,
-                        at::IntArrayRef dilation, int64_t groups, bool /*allow_tf32*/, const at::Tensor& out) {
-  const ConvGeom g = check_conv2d_weight_grad(x, grad, stride, padding, dilation, groups, out);
-  if (out.numel() == 0) return;
-  const at::Tensor gf = as_float(grad);
-  weight_grad(g, x, view4(gf), nullptr, out);
+void conv2d_weight_grad(const Conv2dWeightGrad& a) {
+  const at::Tensor gf = as_float(a.grad);
+  weight_grad(a.g, a.x, view4(gf), nullptr, a.out);
 }
 
-// gb[k] = sum over n, oh, ow of dy[n, k, oh, ow]: one channel per task, 8 running partial sums
-// (vectorised) combined in a fixed order; bit-for-bit repeatable.
-void conv2d_bias_grad(const at::Tensor& grad, const at::Tensor& out) {
-  check_conv2d_bias_grad(grad, out);
-  const int64_t N = grad.size(0), K = grad.size(1), P = grad.size(2) * grad.size(3);
-  const at::Tensor gf = as_float(grad).permute({1, 0, 2, 3}).reshape({K, N, P});  // copies unless NCHW
+// gb[k] = sum over n, oh, ow of dy[n, k, oh, ow] (glue.h: channel_sums).
+void conv2d_bias_grad(const BiasGrad& a) {
+  const int64_t N = a.grad.size(0), K = a.grad.size(1), P = a.grad.size(2) * a.grad.size(3);
+  const at::Tensor gf = as_float(a.grad).permute({1, 0, 2, 3}).reshape({K, N, P});  // copies unless NCHW
   const float* src = gf.data_ptr<float>();
   const int64_t sk = gf.stride(0), sn = gf.stride(1), sp = gf.stride(2);
-  at::Tensor res = at::empty({K}, out.options().dtype(at::kFloat));
-  float* dst = res.data_ptr<float>();
-  at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t n = 0; n < N; ++n) {
-        const float* p = src + k * sk + n * sn;
-        int64_t i = 0;
-        if (sp == 1) {
-          for (; i + 8 <= P; i += 8)
-            for (int l = 0; l < 8; ++l) acc[l] += p[i + l];
-        }
-        for (; i < P; ++i) acc[i % 8] += p[i * sp];
-      }
-      dst[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  channel_sums(K, N, a.out, [&](int64_t k, int64_t n, float(&acc)[8]) {
+    const float* p = src + k * sk + n * sn;
+    if (sp == 1) {
+      add_to_lanes(acc, P, [&](int64_t i) { return p[i]; });
+    } else {
+      add_to_lanes(acc, P, [&](int64_t i) { return p[i * sp]; });
     }
   });
-  out.copy_(res);
 }
 
-}  // namespace
+}  // namespace impl
 
 TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
-  m.impl("conv2d_fwd_kernel", &conv2d_fwd);
-  m.impl("conv2d_input_grad_kernel", &conv2d_input_grad);
-  m.impl("conv2d_weight_grad_kernel", &conv2d_weight_grad);
-  m.impl("conv2d_bias_grad_kernel", &conv2d_bias_grad);
+  m.impl("conv2d_forward_kernel", &ops::conv2d_forward_kernel<&impl::conv2d_forward>);
+  m.impl("conv2d_input_grad_kernel", &ops::conv2d_input_grad_kernel<&impl::conv2d_input_grad>);
+  m.impl("conv2d_weight_grad_kernel", &ops::conv2d_weight_grad_kernel<&impl::conv2d_weight_grad>);
+  m.impl("conv2d_bias_grad_kernel", &ops::conv2d_bias_grad_kernel<&impl::conv2d_bias_grad>);
 }
 
 }  // namespace cpu

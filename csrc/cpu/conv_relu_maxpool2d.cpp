@@ -2,7 +2,7 @@
 // conv rows of each pool window into a row buffer and pools them there; only the pooled output and the
 // compact window position `pos` are written. Backward: the conv2d gradients of conv2d.cpp, whose
 // engine rebuilds each row of the conv-output gradient from (grad, pos) where it packs it (engine.h's
-// unpool_row: a gather, no atomics), so that gradient never exists in memory; `bias_grad` sums the
+// unpool_row: a gather, no atomics), so that gradient never exists in memory; the bias gradient sums the
 // kept pooled gradients straight from (grad, pos).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -14,37 +14,29 @@
 
 namespace cnnfast {
 namespace cpu {
-namespace {
+namespace impl {  // what ops.h's entry points call (ops::<op>_kernel<&impl::<op>>)
 
-void fused_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-               at::IntArrayRef conv_out_size, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
-               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool /*allow_tf32*/,
-               const at::Tensor& out, const std::optional<at::Tensor>& pos) {
-  const auto geom = check_fused_fwd(x, weight, bias, stride, padding, dilation, groups, conv_out_size, pool_kernel,
-                                    pool_stride, pool_padding, pool_dilation, out, pos);
-  const ConvGeom g = geom.first;
-  const PoolGeom p = geom.second;
-  if (out.numel() == 0) return;
-  const at::Tensor xf = as_float(x), wf = as_float(weight).contiguous();
-  const at::Tensor bf = bias.has_value() ? as_float(*bias).contiguous() : at::Tensor();
-  FloatOut y(out);
+void conv_relu_maxpool2d_forward(const ConvReluMaxPool2dForward& a) {
+  const Conv2dForward& c = a.conv;
+  const at::Tensor xf = as_float(c.x), wf = as_float(c.weight).contiguous();
+  const at::Tensor bf = c.bias.has_value() ? as_float(*c.bias).contiguous() : at::Tensor();
+  FloatOut y(c.out);
   FusedFwdArgs f;
   f.conv.x = view4(xf);
-  f.conv.Hx = g.H, f.conv.Wx = g.W, f.conv.up_h = 1, f.conv.up_w = 1;
+  f.conv.Hx = c.g.H, f.conv.Wx = c.g.W, f.conv.up_h = 1, f.conv.up_w = 1;
   f.conv.w = wf.data_ptr<float>();
   f.conv.bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
-  f.conv.y = view4(y.f);
-  f.conv.g = g;
-  f.pool = p;
-  f.pos = pos.has_value() ? pos->data_ptr() : nullptr;
-  f.pos_bytes = pos.has_value() ? (int)pos->element_size() : 1;
-  f.ps0 = pos.has_value() ? pos->stride(0) : 0;
-  f.ps1 = pos.has_value() ? pos->stride(1) : 0;
-  f.ps2 = pos.has_value() ? pos->stride(2) : 0;
-  f.ps3 = pos.has_value() ? pos->stride(3) : 0;
-  f.round_mode = x.scalar_type() == at::kBFloat16 ? kRoundBF16 : x.scalar_type() == at::kHalf ? kRoundFP16 : kRoundNone;
-  conv_relu_maxpool2d_forward(f, parallel);
+  f.conv.y = view4(y.t);
+  f.conv.g = c.g;
+  f.pool = a.p;
+  const at::Tensor* pos = a.pos.has_value() ? &*a.pos : nullptr;
+  f.pos = pos ? pos->data_ptr() : nullptr;
+  f.pos_bytes = pos ? static_cast<int>(pos->element_size()) : 1;
+  f.ps0 = pos ? pos->stride(0) : 0, f.ps1 = pos ? pos->stride(1) : 0;
+  f.ps2 = pos ? pos->stride(2) : 0, f.ps3 = pos ? pos->stride(3) : 0;
+  const auto dtype = c.x.scalar_type();
+  f.round_mode = dtype == at::kBFloat16 ? kRoundBF16 : dtype == at::kHalf ? kRoundFP16 : kRoundNone;
+  cpu::conv_relu_maxpool2d_forward(f, parallel);
   y.finish();
 }
 
@@ -70,44 +62,24 @@ struct UnpooledGrad {
   }
 };
 
-// The input gradient: conv2d's, reading the conv-output gradient rebuilt from (grad, pos) row by row.
-void fused_input_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& weight, at::IntArrayRef stride,
-                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
-                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
-                      at::IntArrayRef pool_dilation, bool /*allow_tf32*/, const at::Tensor& out) {
-  const char* op = "conv_relu_maxpool2d_input_grad_kernel";
-  check_float(weight, op, "weight");
-  TORCH_CHECK(out.dim() == 4, op, ": out must be 4-D");
-  const auto geom = check_fused_grad(op, out, weight, grad, pos, stride, padding, dilation, groups, conv_out_size,
-                                     pool_kernel, pool_stride, pool_padding, pool_dilation);
-  if (out.numel() == 0) return;
-  const UnpooledGrad dy(grad, pos, geom.second);
-  input_grad(geom.first, dy.u.grad, &dy.u, weight, out);
+// The input and weight gradients: conv2d's, reading the conv-output gradient rebuilt from (grad, pos)
+// row by row.
+void conv_relu_maxpool2d_input_grad(const ConvReluMaxPool2dInputGrad& a) {
+  const UnpooledGrad dy(a.conv.grad, a.pos, a.p);
+  input_grad(a.conv.g, dy.u.grad, &dy.u, a.conv.weight, a.conv.out);
 }
 
-// The weight gradient: conv2d's, likewise.
-void fused_weight_grad(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& pos, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, at::IntArrayRef conv_out_size,
-                       at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
-                       at::IntArrayRef pool_dilation, bool /*allow_tf32*/, const at::Tensor& out) {
-  const char* op = "conv_relu_maxpool2d_weight_grad_kernel";
-  check_float(x, op, "input");
-  const auto geom = check_fused_grad(op, x, out, grad, pos, stride, padding, dilation, groups, conv_out_size,
-                                     pool_kernel, pool_stride, pool_padding, pool_dilation);
-  if (out.numel() == 0) return;
-  const UnpooledGrad dy(grad, pos, geom.second);
-  weight_grad(geom.first, x, dy.u.grad, &dy.u, out);
+void conv_relu_maxpool2d_weight_grad(const ConvReluMaxPool2dWeightGrad& a) {
+  const UnpooledGrad dy(a.conv.grad, a.pos, a.p);
+  weight_grad(a.conv.g, a.conv.x, dy.u.grad, &dy.u, a.conv.out);
 }
 
 // gb[k] = sum over n, ph, pw of grad[n, k, ph, pw] where pos >= 0 (each kept pooled cell passes its
-// gradient to exactly one conv output): conv2d_bias_grad_kernel's arithmetic on the masked grad, one
-// channel per task, 8 running partial sums combined in a fixed order; bit-for-bit repeatable.
-void bias_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& out) {
-  check_fused_bias_grad(grad, pos, out);
+// gradient to exactly one conv output): conv2d_bias_grad_kernel's arithmetic (glue.h: channel_sums) on
+// the masked grad.
+void conv_relu_maxpool2d_bias_grad(const BiasGrad& a) {
+  const at::Tensor &grad = a.grad, &pos = *a.pos;
   const int64_t N = grad.size(0), K = grad.size(1), PH = grad.size(2), PW = grad.size(3);
-  if (K == 0) return;
-  at::Tensor res = at::empty({K}, out.options().dtype(at::kFloat));
-  float* dst = res.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "bias_grad", [&] {
     using grad_t = scalar_t;
     AT_DISPATCH_INTEGRAL_TYPES(pos.scalar_type(), "bias_grad_pos", [&] {
@@ -116,40 +88,35 @@ void bias_grad(const at::Tensor& grad, const at::Tensor& pos, const at::Tensor& 
       const pos_t* pp = pos.const_data_ptr<pos_t>();
       const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
       const int64_t ps0 = pos.stride(0), ps1 = pos.stride(1), ps2 = pos.stride(2), ps3 = pos.stride(3);
-      at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) {
-          float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-          for (int64_t n = 0; n < N; ++n) {
-            const grad_t* g = gp + n * gs0 + k * gs1;
-            const pos_t* ps = pp + n * ps0 + k * ps1;
-            int64_t i = 0;
-            if (gs3 == 1 && ps3 == 1 && gs2 == PW && ps2 == PW) {  // contiguous planes: vectorises
-              for (; i + 8 <= PH * PW; i += 8)
-                for (int l = 0; l < 8; ++l) acc[l] += ps[i + l] < 0 ? 0.f : static_cast<float>(g[i + l]);
-              for (; i < PH * PW; ++i) acc[i % 8] += ps[i] < 0 ? 0.f : static_cast<float>(g[i]);
-              continue;
-            }
-            for (int64_t ph = 0; ph < PH; ++ph)
-              for (int64_t pw = 0; pw < PW; ++pw, ++i) {
-                const float v = static_cast<float>(g[ph * gs2 + pw * gs3]);
-                acc[i % 8] += ps[ph * ps2 + pw * ps3] < 0 ? 0.f : v;
-              }
-          }
-          dst[k] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      channel_sums(K, N, a.out, [&](int64_t k, int64_t n, float(&acc)[8]) {
+        const grad_t* g = gp + n * gs0 + k * gs1;
+        const pos_t* ps = pp + n * ps0 + k * ps1;
+        if (gs3 == 1 && ps3 == 1 && gs2 == PW && ps2 == PW) {  // contiguous planes: vectorises
+          add_to_lanes(acc, PH * PW, [&](int64_t i) { return ps[i] < 0 ? 0.f : static_cast<float>(g[i]); });
+          return;
         }
+        int64_t i = 0;
+        for (int64_t ph = 0; ph < PH; ++ph)
+          for (int64_t pw = 0; pw < PW; ++pw, ++i) {
+            const float v = static_cast<float>(g[ph * gs2 + pw * gs3]);
+            acc[i % 8] += ps[ph * ps2 + pw * ps3] < 0 ? 0.f : v;
+          }
       });
     });
   });
-  out.copy_(res);
 }
 
-}  // namespace
+}  // namespace impl
 
 TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
-  m.impl("conv_relu_maxpool2d_fwd_kernel", &fused_fwd);
-  m.impl("conv_relu_maxpool2d_input_grad_kernel", &fused_input_grad);
-  m.impl("conv_relu_maxpool2d_weight_grad_kernel", &fused_weight_grad);
-  m.impl("conv_relu_maxpool2d_bias_grad_kernel", &bias_grad);
+  m.impl("conv_relu_maxpool2d_forward_kernel",
+         &ops::conv_relu_maxpool2d_forward_kernel<&impl::conv_relu_maxpool2d_forward>);
+  m.impl("conv_relu_maxpool2d_input_grad_kernel",
+         &ops::conv_relu_maxpool2d_input_grad_kernel<&impl::conv_relu_maxpool2d_input_grad>);
+  m.impl("conv_relu_maxpool2d_weight_grad_kernel",
+         &ops::conv_relu_maxpool2d_weight_grad_kernel<&impl::conv_relu_maxpool2d_weight_grad>);
+  m.impl("conv_relu_maxpool2d_bias_grad_kernel",
+         &ops::conv_relu_maxpool2d_bias_grad_kernel<&impl::conv_relu_maxpool2d_bias_grad>);
 }
 
 }  // namespace cpu

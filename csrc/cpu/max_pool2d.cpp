@@ -13,12 +13,12 @@
 
 namespace cnnfast {
 namespace cpu {
-namespace {
+namespace impl {  // what ops.h's entry points call (ops::<op>_kernel<&impl::<op>>)
 
 // The scalar forward (planes of 2^31 elements and more, whose indices the vector engine's int32 lanes
 // cannot hold): pool_window per output element.
 template <typename scalar_t>
-void max_pool2d_fwd_scalar(const at::Tensor& x, const PoolGeom& p, const at::Tensor& out, int64_t* idx,
+void max_pool2d_forward_scalar(const at::Tensor& x, const PoolGeom& p, const at::Tensor& out, int64_t* idx,
                            const int64_t* is) {
   const int64_t N = x.size(0), C = x.size(1);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -42,44 +42,42 @@ void max_pool2d_fwd_scalar(const at::Tensor& x, const PoolGeom& p, const at::Ten
   });
 }
 
-void max_pool2d_fwd(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
-                    at::IntArrayRef dilation, const at::Tensor& out, const std::optional<at::Tensor>& indices) {
-  const PoolGeom p = check_max_pool2d_fwd(x, kernel, stride, padding, dilation, out, indices);
+void max_pool2d_forward(const MaxPool2dForward& a) {
+  const at::Tensor& x = a.x;
+  const PoolGeom& p = a.p;
   int64_t* idx = nullptr;
   int64_t is[4] = {0, 0, 0, 0};
-  if (indices.has_value()) {
-    idx = indices->data_ptr<int64_t>();
-    for (int d = 0; d < 4; ++d) is[d] = indices->stride(d);
+  if (a.indices.has_value()) {
+    idx = a.indices->data_ptr<int64_t>();
+    for (int d = 0; d < 4; ++d) is[d] = a.indices->stride(d);
   }
-  if (out.numel() == 0) return;
   if (p.H * p.W >= (int64_t{1} << 31)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_fwd_kernel",
-                                    [&] { max_pool2d_fwd_scalar<scalar_t>(x, p, out, idx, is); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_forward_kernel",
+                                    [&] { max_pool2d_forward_scalar<scalar_t>(x, p, a.out, idx, is); });
     return;
   }
   const at::Tensor xf = as_float(x);
-  FloatOut y(out);
-  PoolArgs a;
-  a.x = view4(xf);
-  a.out = view4(y.f);
-  a.N = x.size(0), a.C = x.size(1);
-  a.p = p;
-  a.idx = idx;
-  a.is0 = is[0], a.is1 = is[1], a.is2 = is[2], a.is3 = is[3];
-  max_pool2d_forward(a, parallel);
+  FloatOut y(a.out);
+  PoolArgs f;
+  f.x = view4(xf);
+  f.out = view4(y.t);
+  f.N = x.size(0), f.C = x.size(1);
+  f.p = p;
+  f.idx = idx;
+  f.is0 = is[0], f.is1 = is[1], f.is2 = is[2], f.is3 = is[3];
+  cpu::max_pool2d_forward(f, parallel);
   y.finish();
 }
 
 // The gradient of each plane as a scatter of the pooled gradient to the chosen cells, windows in
 // ascending (oh, ow) order: the summation order of geometry.h's gather, so the same bits, without
 // a window scan per input cell. Indices outside the plane are refused.
-void max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntArrayRef kernel, at::IntArrayRef stride,
-                    at::IntArrayRef padding, at::IntArrayRef dilation, const at::Tensor& out) {
-  const PoolGeom p = check_max_pool2d_bwd(grad, indices, kernel, stride, padding, dilation, out);
+void max_pool2d_backward(const MaxPool2dBackward& a) {
+  const at::Tensor &grad = a.grad, &indices = a.indices, &out = a.out;
+  const PoolGeom& p = a.p;
   const int64_t N = out.size(0), C = out.size(1), HW = p.H * p.W;
-  if (out.numel() == 0) return;
   std::atomic<bool> bad{false};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "max_pool2d_bwd_kernel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "max_pool2d_backward_kernel", [&] {
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const int64_t* ip = indices.const_data_ptr<int64_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
@@ -108,14 +106,14 @@ void max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices, at::IntAr
       }
     });
   });
-  TORCH_CHECK(!bad, "max_pool2d_bwd_kernel: indices outside the input plane of ", p.H, "x", p.W);
+  TORCH_CHECK(!bad, "max_pool2d_backward_kernel: indices outside the input plane of ", p.H, "x", p.W);
 }
 
-}  // namespace
+}  // namespace impl
 
 TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
-  m.impl("max_pool2d_fwd_kernel", &max_pool2d_fwd);
-  m.impl("max_pool2d_bwd_kernel", &max_pool2d_bwd);
+  m.impl("max_pool2d_forward_kernel", &ops::max_pool2d_forward_kernel<&impl::max_pool2d_forward>);
+  m.impl("max_pool2d_backward_kernel", &ops::max_pool2d_backward_kernel<&impl::max_pool2d_backward>);
 }
 
 }  // namespace cpu

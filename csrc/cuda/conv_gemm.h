@@ -2,20 +2,20 @@
 //
 // Per group g (grid z), C[M x N] = A[M x Kred] * B[Kred x N], with A and B gathered from the tensors
 // on the fly (im2col is never stored):
-//   kFwd      M = N*OH*OW pixels (n, oh, ow)     N = K/g    Kred = C/g*R*S taps (c, r, s)
-//             A = x[n, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw] (0 in the padding), B = w[k][(c, r, s)];
-//             C + bias -> y[n, k, oh, ow]
-//   kFwdPool  as kFwd, but the rows are (pooled pixel, window tap), taps fastest: a tile of BM rows
-//             holds BM / T whole pooling windows of T taps, and the epilogue applies bias, rounding to
-//             the storage dtype, ReLU and PyTorch's max-pool rule per window; only the pooled value and
-//             the window position are written (the conv output never reaches memory)
-//   kDgrad    M = N*H*W input pixels             N = C/g    Kred = K/g*R*S (k, r, s)
-//             A = dy[n, k, (h + ph - r*dh)/sh, (w + pw - s*dw)/sw] where both divisions are exact and
-//             in range (else 0), B = w[k, c, r, s]; C -> gi[n, c, h, w]
-//   kWgrad    M = C/g*R*S taps                   N = K/g    Kred = N*OH*OW pixels, split in `splits`
-//             fixed ranges (grid z = splits x groups); A = x gathered as for kFwd, B = dy[n, k, oh, ow];
-//             C -> ws[split][k][(c, r, s)] (float32); a second kernel sums the splits in order, so the
-//             weight gradient repeats bit for bit (no atomics)
+//   kForward      M = N*OH*OW pixels (n, oh, ow)   N = K/g   Kred = C/g*R*S taps (c, r, s)
+//                 A = x[n, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw] (0 in the padding), B = w[k][(c, r, s)];
+//                 C + bias -> y[n, k, oh, ow]
+//   kForwardPool  as kForward, but the rows are (pooled pixel, window tap), taps fastest: a tile of BM
+//                 rows holds BM / T whole pooling windows of T taps, and the epilogue applies bias,
+//                 rounding to the storage dtype, ReLU and PyTorch's max-pool rule per window; only the
+//                 pooled value and the window position are written (the conv output never reaches memory)
+//   kInputGrad    M = N*H*W input pixels           N = C/g   Kred = K/g*R*S (k, r, s)
+//                 A = dy[n, k, (h + ph - r*dh)/sh, (w + pw - s*dw)/sw] where both divisions are exact and
+//                 in range (else 0), B = w[k, c, r, s]; C -> gi[n, c, h, w]
+//   kWeightGrad   M = C/g*R*S taps                 N = K/g   Kred = N*OH*OW pixels, split in `splits`
+//                 fixed ranges (grid z = splits x groups); A = x gathered as for kForward,
+//                 B = dy[n, k, oh, ow]; C -> ws[split][k][(c, r, s)] (float32); a second kernel sums the
+//                 splits in order, so the weight gradient repeats bit for bit (no atomics)
 //
 // A block of (BM/32) x (BN/32) warps owns a BM x BN tile of C (BM = 128, BN = 64 or 32), each warp
 // a 32 x 32 sub-tile held in registers (warp_mma.h: wmma fragments or FMA micro-tiles). Per step the
@@ -27,7 +27,7 @@
 //
 // Thread -> element maps of the loads: each operand has a fixed index (m or n) and the reduction
 // index k. Activations are read with consecutive threads on consecutive pixels (coalesced in NCHW);
-// weights and the reduction-major operands of kWgrad with consecutive threads on consecutive k. A
+// weights and the reduction-major operands of kWeightGrad with consecutive threads on consecutive k. A
 // thread decodes its fixed indices once per block (Fix) and each reduction index once per step (Red).
 #pragma once
 
@@ -40,31 +40,31 @@
 namespace cnnfast {
 namespace cuda {
 
-enum GemmKind : int { kFwd = 0, kFwdPool = 1, kDgrad = 2, kWgrad = 3 };
+enum GemmKind : int { kForward = 0, kForwardPool = 1, kInputGrad = 2, kWeightGrad = 3 };
 
 // Reduction steps staged per step: 32 for 16-bit operands (two wmma k-steps), 16 for float32; the
 // weight gradient stages 16 for every dtype (its loads decode a fixed index per element held, and
 // 16 keeps those in registers).
-constexpr int kWgradBK = 16;
+constexpr int kWeightGradBK = 16;
 
 // What the host glue fills in for one launch.
 template <typename T>
 struct GemmArgs {
-  View<const T> act;   // kFwd / kFwdPool / kWgrad: x (N, C, H, W); kDgrad: dy (N, K, OH, OW)
-  View<const T> dy;    // kWgrad: dy (N, K, OH, OW)
+  View<const T> act;   // kForward / kForwardPool / kWeightGrad: x (N, C, H, W); kInputGrad: dy (N, K, OH, OW)
+  View<const T> dy;    // kWeightGrad: dy (N, K, OH, OW)
   const T* w;          // weight, contiguous (K, C/g, R, S)
-  const T* bias;       // kFwd / kFwdPool: K values or null
-  View<T> out;         // kFwd: y; kFwdPool: pooled output; kDgrad: gi
-  PosView pos;         // kFwdPool: window positions (p == null: not wanted)
-  float* ws;           // kWgrad: [splits][K][C/g*R*S]
-  const void* tap_table;  // kFwd / kFwdPool: Tap[Kred]; kDgrad: DTap[Kred] (TapTable below): the reduction
-                          // index decoded once per call, not per element and step
+  const T* bias;       // kForward / kForwardPool: K values or null
+  View<T> out;         // kForward: y; kForwardPool: pooled output; kInputGrad: gi
+  PosView pos;         // kForwardPool: window positions (p == null: not wanted)
+  float* ws;           // kWeightGrad: [splits][K][C/g*R*S]
+  const void* tap_table;  // kForward / kForwardPool: Tap[Kred]; kInputGrad: InputGradTap[Kred] (TapTable
+                          // below): the reduction index decoded once per call, not per element and step
   ConvGeom g;
-  PoolGeom p;          // kFwdPool: p.H, p.W = conv output size
+  PoolGeom p;          // kForwardPool: p.H, p.W = conv output size
   idx M, N, Kred;      // GEMM sizes per group
   idx tiles_m, tiles_n;
-  idx splits, steps_per_split;  // kWgrad
-  idx taps, windows;   // kFwdPool: taps per window, windows per tile
+  idx splits, steps_per_split;  // kWeightGrad
+  idx taps, windows;   // kForwardPool: taps per window, windows per tile
 };
 
 // Shared-memory row padding in elements: 16 bytes.
@@ -137,7 +137,7 @@ CNNFAST_HD Pix pix_of(const GemmArgs<T>& a, idx grp, idx m, idx M) {
   return pix_at(a, grp, n, oh, ow);
 }
 
-// Row m of a kFwdPool tile: window (m % BM) / taps of the tile's windows, tap (m % BM) % taps; the
+// Row m of a kForwardPool tile: window (m % BM) / taps of the tile's windows, tap (m % BM) % taps; the
 // conv pixel that tap reads, or none (past the tile's windows, past the last window, or in the
 // pool's padding).
 template <int BM, typename T>
@@ -164,39 +164,39 @@ CNNFAST_HD T gather_x(const GemmArgs<T>& a, const Pix& px, const Tap& tp) {
   return in ? a.act.p[px.base + tp.off] : T(0.f);
 }
 
-// kDgrad's A: the input pixel m = (n, h, w) (hp = h + ph, wp = w + pw; hp = kFar for none) and the
+// kInputGrad's A: the input pixel m = (n, h, w) (hp = h + ph, wp = w + pw; hp = kFar for none) and the
 // reduction index (k, r, s) (dr = r*dh; dr = -kFar for none, so hp - dr < 0 whenever either is none).
-struct DPix {
+struct InputGradPix {
   int64_t base;
   idx hp, wp;
 };
 
-struct DTap {
+struct InputGradTap {
   int64_t off;
   idx dr, ds;
 };
 
 template <typename T>
-CNNFAST_HD DPix dpix_of(const GemmArgs<T>& a, idx grp, idx m) {
+CNNFAST_HD InputGradPix dpix_of(const GemmArgs<T>& a, idx grp, idx m) {
   const ConvGeom& g = a.g;
-  if (m >= a.M) return DPix{0, kFar, 0};
+  if (m >= a.M) return InputGradPix{0, kFar, 0};
   const idx W = static_cast<idx>(g.W), HW = static_cast<idx>(g.H) * W;
   const idx n = m / HW, rem = m - n * HW, h = rem / W, w = rem - h * W;
-  return DPix{n * a.act.s0 + static_cast<int64_t>(grp) * g.Kg() * a.act.s1, h + static_cast<idx>(g.ph),
+  return InputGradPix{n * a.act.s0 + static_cast<int64_t>(grp) * g.Kg() * a.act.s1, h + static_cast<idx>(g.ph),
               w + static_cast<idx>(g.pw)};
 }
 
 template <typename T>
-CNNFAST_HD DTap dtap_of(const GemmArgs<T>& a, idx k) {
+CNNFAST_HD InputGradTap dtap_of(const GemmArgs<T>& a, idx k) {
   const ConvGeom& g = a.g;
-  if (k >= a.Kred) return DTap{0, -kFar, 0};
+  if (k >= a.Kred) return InputGradTap{0, -kFar, 0};
   const idx RS = static_cast<idx>(g.R * g.S);
   const idx kk = k / RS, rs = k - kk * RS, r = rs / static_cast<idx>(g.S), s = rs - r * static_cast<idx>(g.S);
-  return DTap{kk * a.act.s1, r * static_cast<idx>(g.dh), s * static_cast<idx>(g.dw)};
+  return InputGradTap{kk * a.act.s1, r * static_cast<idx>(g.dh), s * static_cast<idx>(g.dw)};
 }
 
 template <typename T>
-CNNFAST_HD T gather_dy(const GemmArgs<T>& a, const DPix& px, const DTap& tp) {
+CNNFAST_HD T gather_dy(const GemmArgs<T>& a, const InputGradPix& px, const InputGradTap& tp) {
   const ConvGeom& g = a.g;
   const idx th = px.hp - tp.dr, tw = px.wp - tp.ds;
   const idx sh = static_cast<idx>(g.sh), sw = static_cast<idx>(g.sw);
@@ -217,20 +217,22 @@ template <int KIND, typename T, class Mma, int BN>
 struct ConvGemm {
   using E = typename Mma::Elem;
   static constexpr int BM = 128;
-  static constexpr int BK = KIND == kWgrad ? kWgradBK : (sizeof(E) == 2 ? 32 : 16);
+  static constexpr int BK = KIND == kWeightGrad ? kWeightGradBK : (sizeof(E) == 2 ? 32 : 16);
   static constexpr int kThreads = (BM / kWarpTile) * (BN / kWarpTile) * 32;
   static constexpr bool kWarpCollective = Mma::kCollective;
   static constexpr int LDA = BM + pad_of<E>(), LDB = BN + pad_of<E>(), LDC = BM + 4;
   static_assert(BK % Mma::kK == 0, "BK must be a multiple of the instruction's k");
 
-  // Load maps. kWgrad reads both operands along the reduction (pixels); the others read the
+  // Load maps. kWeightGrad reads both operands along the reduction (pixels); the others read the
   // activation along its pixels (the fixed index) and the weight along k.
-  static constexpr bool kAFixedFast = KIND != kWgrad;
+  static constexpr bool kAFixedFast = KIND != kWeightGrad;
   using AMap = TileMap<BM, BK, kThreads, kAFixedFast ? (BM < kThreads ? BM : kThreads) : kThreads / BK, kAFixedFast>;
   using BMap = TileMap<BN, BK, kThreads, kThreads / BK, false>;
 
-  using AFix = typename std::conditional<KIND == kDgrad, DPix, typename std::conditional<KIND == kWgrad, Tap, Pix>::type>::type;
-  using ARed = typename std::conditional<KIND == kDgrad, DTap, typename std::conditional<KIND == kWgrad, Pix, Tap>::type>::type;
+  using AFix = typename std::conditional<KIND == kInputGrad, InputGradPix,
+                                         typename std::conditional<KIND == kWeightGrad, Tap, Pix>::type>::type;
+  using ARed = typename std::conditional<KIND == kInputGrad, InputGradTap,
+                                         typename std::conditional<KIND == kWeightGrad, Pix, Tap>::type>::type;
 
   struct Thread {
     AFix a_fix[AMap::FE];
@@ -244,57 +246,58 @@ struct ConvGemm {
 
   // ---- host side
   Grid grid() const {
-    const int64_t z = KIND == kWgrad ? static_cast<int64_t>(a.g.groups) * a.splits : a.g.groups;
+    const int64_t z = KIND == kWeightGrad ? static_cast<int64_t>(a.g.groups) * a.splits : a.g.groups;
     return Grid{static_cast<int64_t>(a.tiles_m) * a.tiles_n, 1, z};
   }
   static constexpr size_t kABBytes = align16(sizeof(E) * BK * LDA) + align16(sizeof(E) * BK * LDB);
   static constexpr size_t kCBytes = sizeof(float) * BN * LDC;
   size_t smem_bytes() const { return kABBytes > kCBytes ? kABBytes : kCBytes; }
   std::string describe() const {
+    // the launch log's names of the kinds, which the tests and bench/cuda_kernels.py read
     static const char* kinds[] = {"fwd", "fwd_pool", "dgrad", "wgrad"};
     return std::string("gemm ") + kinds[KIND] + " " + dtype_name(T()) + " " + Mma::kName + " bn" +
-           std::to_string(BN) + (KIND == kWgrad ? " splits=" + std::to_string(a.splits) : "");
+           std::to_string(BN) + (KIND == kWeightGrad ? " splits=" + std::to_string(a.splits) : "");
   }
 
   // ---- where the block is
   CNNFAST_HD idx tile_m(const Block& b) const { return b.x % a.tiles_m; }
   CNNFAST_HD idx tile_n(const Block& b) const { return b.x / a.tiles_m; }
-  CNNFAST_HD idx group(const Block& b) const { return KIND == kWgrad ? b.z % static_cast<idx>(a.g.groups) : b.z; }
-  CNNFAST_HD idx split(const Block& b) const { return KIND == kWgrad ? b.z / static_cast<idx>(a.g.groups) : 0; }
+  CNNFAST_HD idx group(const Block& b) const { return KIND == kWeightGrad ? b.z % static_cast<idx>(a.g.groups) : b.z; }
+  CNNFAST_HD idx split(const Block& b) const { return KIND == kWeightGrad ? b.z / static_cast<idx>(a.g.groups) : 0; }
   CNNFAST_HD idx k_begin(const Block& b) const { return split(b) * a.steps_per_split * BK; }
 
   CNNFAST_HD int steps(const Block& b) const {
     const idx total = (a.Kred + BK - 1) / BK;
-    if (KIND != kWgrad) return total;
+    if (KIND != kWeightGrad) return total;
     const idx first = split(b) * a.steps_per_split, left = total - first;
     return left < a.steps_per_split ? (left > 0 ? left : 0) : a.steps_per_split;
   }
 
   // ---- operand gathers
   CNNFAST_HD AFix fix_a(idx grp, idx m) const {
-    if constexpr (KIND == kFwd) {
+    if constexpr (KIND == kForward) {
       return pix_of(a, grp, m, a.M);
-    } else if constexpr (KIND == kFwdPool) {
+    } else if constexpr (KIND == kForwardPool) {
       return pool_pix_of<BM>(a, grp, m);
-    } else if constexpr (KIND == kDgrad) {
+    } else if constexpr (KIND == kInputGrad) {
       return dpix_of(a, grp, m);
     } else {
       return tap_of(a, m);
     }
   }
   CNNFAST_HD ARed red_a(idx grp, idx k, idx k_end) const {
-    if constexpr (KIND == kDgrad) {
-      return k < k_end ? static_cast<const DTap*>(a.tap_table)[k] : DTap{0, -kFar, 0};
-    } else if constexpr (KIND == kWgrad) {
+    if constexpr (KIND == kInputGrad) {
+      return k < k_end ? static_cast<const InputGradTap*>(a.tap_table)[k] : InputGradTap{0, -kFar, 0};
+    } else if constexpr (KIND == kWeightGrad) {
       return k < k_end ? pix_of(a, grp, k, a.Kred) : Pix{0, kFar, 0};
     } else {
       return k < k_end ? static_cast<const Tap*>(a.tap_table)[k] : Tap{0, kFar, 0};
     }
   }
   CNNFAST_HD E load_a(const AFix& f, const ARed& r) const {
-    if constexpr (KIND == kDgrad) {
+    if constexpr (KIND == kInputGrad) {
       return gather_dy(a, f, r);
-    } else if constexpr (KIND == kWgrad) {
+    } else if constexpr (KIND == kWeightGrad) {
       return gather_x(a, r, f);
     } else {
       return gather_x(a, f, r);
@@ -303,9 +306,9 @@ struct ConvGemm {
   CNNFAST_HD Lin fix_b(idx grp, idx n) const {
     const ConvGeom& g = a.g;
     if (n >= a.N) return Lin{-1};
-    if constexpr (KIND == kDgrad) {
+    if constexpr (KIND == kInputGrad) {
       return Lin{(static_cast<int64_t>(grp) * g.Kg() * g.Cg() + n) * g.R * g.S};
-    } else if constexpr (KIND == kWgrad) {
+    } else if constexpr (KIND == kWeightGrad) {
       return Lin{(static_cast<int64_t>(grp) * g.Kg() + n) * a.dy.s1};
     } else {
       return Lin{(static_cast<int64_t>(grp) * g.Kg() + n) * a.Kred};
@@ -314,10 +317,10 @@ struct ConvGemm {
   CNNFAST_HD Lin red_b(idx k, idx k_end) const {
     const ConvGeom& g = a.g;
     if (k >= k_end) return Lin{-1};
-    if constexpr (KIND == kDgrad) {
+    if constexpr (KIND == kInputGrad) {
       const idx RS = static_cast<idx>(g.R * g.S), kk = k / RS;
       return Lin{(static_cast<int64_t>(kk) * g.Cg() - kk) * RS + k};  // kk*Cg*RS + (k - kk*RS)
-    } else if constexpr (KIND == kWgrad) {
+    } else if constexpr (KIND == kWeightGrad) {
       const idx OW = static_cast<idx>(g.OW), OHW = static_cast<idx>(g.OH) * OW;
       const idx n = k / OHW, rem = k - n * OHW, oh = rem / OW, ow = rem - oh * OW;
       return Lin{n * a.dy.s0 + oh * a.dy.s2 + ow * a.dy.s3};
@@ -326,7 +329,7 @@ struct ConvGemm {
     }
   }
   CNNFAST_HD E load_b(const Lin& f, const Lin& r) const {
-    if constexpr (KIND == kWgrad) {
+    if constexpr (KIND == kWeightGrad) {
       return gather_lin(a.dy.p, f, r);
     } else {
       return gather_lin(a.w, f, r);
@@ -351,7 +354,7 @@ struct ConvGemm {
   }
 
   CNNFAST_HD idx k_end(const Block& b) const {
-    if (KIND != kWgrad) return a.Kred;
+    if (KIND != kWeightGrad) return a.Kred;
     const idx e = (split(b) + 1) * a.steps_per_split * BK;
     return e < a.Kred ? e : a.Kred;
   }
@@ -400,14 +403,14 @@ struct ConvGemm {
   CNNFAST_HD void store(void* smem, Thread&, int tid, const Block& b) const {
     const float* Cs = static_cast<const float*>(smem);
     const idx grp = group(b), m0 = tile_m(b) * BM, n0 = tile_n(b) * BN;
-    if constexpr (KIND == kFwdPool) {
+    if constexpr (KIND == kForwardPool) {
       store_pooled(Cs, tid, grp, tile_m(b), n0);
     } else {
       store_tile(Cs, tid, b, grp, m0, n0);
     }
   }
 
-  // The epilogue of kFwd, kDgrad and kWgrad, along M.
+  // The epilogue of kForward, kInputGrad and kWeightGrad, along M.
   CNNFAST_HD void store_tile(const float* Cs, int tid, const Block& b, idx grp, idx m0, idx n0) const {
     const ConvGeom& g = a.g;
     for (int e = tid; e < BM * BN; e += kThreads) {
@@ -415,12 +418,12 @@ struct ConvGemm {
       const idx m = m0 + ml, n = n0 + nl;
       if (m >= a.M || n >= a.N) continue;
       const float v = Cs[nl * LDC + ml];
-      if constexpr (KIND == kFwd) {
+      if constexpr (KIND == kForward) {
         const idx OW = static_cast<idx>(g.OW), OHW = static_cast<idx>(g.OH) * OW;
         const idx img = m / OHW, rem = m - img * OHW, oh = rem / OW, ow = rem - oh * OW;
         const idx k = grp * static_cast<idx>(g.Kg()) + n;
         a.out.at(img, k, oh, ow) = from_f<T>(v + (a.bias ? to_f(a.bias[k]) : 0.f));
-      } else if constexpr (KIND == kDgrad) {
+      } else if constexpr (KIND == kInputGrad) {
         const idx W = static_cast<idx>(g.W), HW = static_cast<idx>(g.H) * W;
         const idx img = m / HW, rem = m - img * HW, h = rem / W, w = rem - h * W;
         a.out.at(img, grp * static_cast<idx>(g.Cg()) + n, h, w) = from_f<T>(v);
@@ -431,7 +434,7 @@ struct ConvGemm {
     }
   }
 
-  // kFwdPool's epilogue: per (window, channel) of the tile, the taps in window order.
+  // kForwardPool's epilogue: per (window, channel) of the tile, the taps in window order.
   CNNFAST_HD void store_pooled(const float* Cs, int tid, idx grp, idx tm, idx n0) const {
     const ConvGeom& g = a.g;
     const PoolGeom& p = a.p;
@@ -462,21 +465,22 @@ struct ConvGemm {
   }
 };
 
-// The reduction-index table of kFwd / kFwdPool (Tap, DGRAD = false) or kDgrad (DTap): entry k is the
-// decoded index k, for k < Kred, so that the GEMM's gathers do no division per element.
-template <typename T, bool DGRAD>
+// The reduction-index table of kForward / kForwardPool (Tap, INPUT_GRAD = false) or kInputGrad
+// (InputGradTap): entry k is the decoded index k, for k < Kred, so that the GEMM's gathers do no
+// division per element.
+template <typename T, bool INPUT_GRAD>
 struct TapTable : ElementwiseProgram {
   GemmArgs<T> a;
   void* table;
 
   Grid grid() const { return Grid{blocks_for(a.Kred, kThreads), 1, 1}; }
-  std::string describe() const { return std::string("tap_table ") + (DGRAD ? "dgrad" : "fwd"); }
+  std::string describe() const { return std::string("tap_table ") + (INPUT_GRAD ? "dgrad" : "fwd"); }
 
   CNNFAST_HD void store(void*, Thread&, int tid, const Block& b) const {
     const idx k = b.x * kThreads + tid;
     if (k >= a.Kred) return;
-    if (DGRAD) {
-      static_cast<DTap*>(table)[k] = dtap_of(a, k);
+    if (INPUT_GRAD) {
+      static_cast<InputGradTap*>(table)[k] = dtap_of(a, k);
     } else {
       static_cast<Tap*>(table)[k] = tap_of(a, k);
     }

@@ -1,6 +1,7 @@
 // Running block programs (program.h) on the GPU: the __global__ kernel that runs any program, the
 // execution context the op glue launches through (device guard, current stream, launch check), and
-// the tensor-core warp-tile policy (wmma) of the implicit-GEMM program. nvcc only.
+// the tensor-core warp-tile policy (wmma) of the implicit-GEMM program, and the registration of the
+// ops for the CUDA dispatch key (CNNFAST_REGISTER_CUDA). nvcc only.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -9,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#include <torch/library.h>
 
 #include "warp_mma.h"
 #include "program.h"
@@ -123,8 +125,8 @@ struct TensorCore {
   }
 };
 
-// The execution context the op glue (ops_impl.h) is written against, for the GPU: the device of the
-// tensors, its current stream, one launch of the program's grid.
+// The execution context the ops' host code (launch.h) is written against, for the GPU: the device of
+// the tensors, its current stream, one launch of the program's grid.
 struct DeviceExec {
   c10::cuda::CUDAGuard guard;
   cudaStream_t stream;
@@ -148,5 +150,21 @@ struct DeviceExec {
   using TensorCore = cuda::TensorCore<T>;
 };
 
+// A registrar (conv2d.h: register_conv2d) that registers each op for the CUDA dispatch key.
+struct TorchRegistrar {
+  torch::Library& m;
+  template <class F>
+  void def(const char* name, F fn) {
+    m.impl(name, fn);
+  }
+};
+
 }  // namespace cuda
 }  // namespace cnnfast
+
+// One op's CUDA kernels, registered by its registration function REGISTER (e.g. register_conv2d).
+#define CNNFAST_REGISTER_CUDA(REGISTER)                                   \
+  TORCH_LIBRARY_IMPL(cnnfast, CUDA, m) {                                 \
+    cnnfast::cuda::TorchRegistrar registrar{m};                          \
+    cnnfast::cuda::REGISTER<cnnfast::cuda::DeviceExec>(registrar);       \
+  }

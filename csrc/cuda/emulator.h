@@ -114,7 +114,7 @@ inline std::mutex& launch_log_mutex() {
   return m;
 }
 
-// The execution context the op glue (ops_impl.h) is written against, for the emulator.
+// The execution context the ops' host code (launch.h) is written against, for the emulator.
 struct EmulatorExec {
   explicit EmulatorExec(const at::Device&) {}
   template <class P>

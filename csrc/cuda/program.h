@@ -24,8 +24,8 @@
 // accumulator tile), store reads it and writes the outputs. No hook returns early past a barrier.
 //
 // Plain C++: nvcc compiles the hooks for the device, g++ for the emulator. Index arithmetic inside a
-// program is int32 (`idx`), memory offsets int64; the host glue splits a launch along the batch so
-// that every index fits (ops_common.h).
+// program is int32 (`idx`), memory offsets int64; the host code splits a launch along the batch so
+// that every index fits (launch.h: batch_chunk).
 #pragma once
 
 #include <cstddef>

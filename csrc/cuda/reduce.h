@@ -1,11 +1,11 @@
 // Reduction block programs of the conv2d backward, all in a fixed order (no atomics): the results
 // repeat bit for bit for a given shape.
-//   WgradDirect     the weight gradient for small channel counts: a thread per weight element and
-//                   split of the N*OH*OW pixels, summing dy * x over its range into ws[split][...]
-//   BiasGradPartial a block per (channel, split): 128 threads stride over the split's pixels, then
-//                   thread 0 adds the 128 partial sums in order into ws[split][k]; with a window-
-//                   position tensor, only the pooled cells whose pos >= 0 count (the fused op)
-//   SplitReduce     out[i] = sum over splits of ws[split][i], in split order
+//   WeightGradDirect  the weight gradient for small channel counts: a thread per weight element and
+//                     split of the N*OH*OW pixels, summing dy * x over its range into ws[split][...]
+//   BiasGradPartial   a block per (channel, split): 128 threads stride over the split's pixels, then
+//                     thread 0 adds the 128 partial sums in order into ws[split][k]; with a window-
+//                     position tensor, only the pooled cells whose pos >= 0 count (the fused op)
+//   SplitReduce       out[i] = sum over splits of ws[split][i], in split order
 #pragma once
 
 #include "access.h"
@@ -17,7 +17,7 @@ namespace cuda {
 // ws[split][k * crs + (c*R + r)*S + s] = sum over this split's pixels p = (n, oh, ow) of
 // dy[n, k, oh, ow] * x[n, grp*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw].
 template <typename T>
-struct WgradDirect : ElementwiseProgram {
+struct WeightGradDirect : ElementwiseProgram {
   View<const T> x, dy;
   float* ws;
   ConvGeom g;

@@ -1,4 +1,4 @@
-// The Python binding of the CUDA kernels' emulator (emulated_cuda.cpp), registered by ops.cpp.
+// The Python binding of the CUDA kernels' emulator (emulated.cpp), registered by ops.cpp.
 #pragma once
 
 #include <torch/extension.h>
