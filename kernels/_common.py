@@ -44,16 +44,31 @@ def pixel_decode(m, OH, OW):
 
 
 @triton.jit
+def pixel_tile(start, limit, OH, OW, BLOCK: tl.constexpr):
+    """The BLOCK output pixels from ``start`` -> (n, oh, ow, mask), mask = pixel < limit."""
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < limit
+    n, oh, ow = pixel_decode(offs, OH, OW)
+    return n, oh, ow, mask
+
+
+@triton.jit
 def element_decode(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
     """Flat index of a 4-D (N, C, H, W) tensor in its memory order -> (n, c, h, w): NCHW
-    ``((n * C + c) * H + h) * W + w``, or NHWC ``((n * H + h) * W + w) * C + c`` when CHANNELS_LAST."""
+    ``((n * C + c) * H + h) * W + w``, or NHWC ``((n * H + h) * W + w) * C + c`` when CHANNELS_LAST.
+    For the elementwise kernels: each coordinate divides ``offs`` by the product of the faster
+    dimensions (independent divisions, not the chained ones of ``pixel_decode``; the forms compile
+    differently and each kernel keeps the one it was tuned with)."""
     if CHANNELS_LAST:
         c = offs % C
-        n, h, w = pixel_decode(offs // C, H, W)
+        w = (offs // C) % W
+        h = (offs // (C * W)) % H
+        n = offs // (C * W * H)
     else:
-        nc, h, w = pixel_decode(offs, H, W)
-        c = nc % C
-        n = nc // C
+        w = offs % W
+        h = (offs // W) % H
+        c = (offs // (W * H)) % C
+        n = offs // (W * H * C)
     return n, c, h, w
 
 
@@ -76,6 +91,17 @@ def reduction_decode(kk, CH, RS, S, CH_INNER: tl.constexpr):
 
 
 @triton.jit
+def reduction_tile(start, CH, RS, S, CH_INNER: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """The BLOCK reduction indices from ``start`` decoded (``reduction_decode``) -> (ch, r, s, mask),
+    mask = index < CH * RS. Forward and input_grad reduce over them; weight_grad's GEMM columns are
+    the same (c, r, s) index."""
+    kk = wide(start + tl.arange(0, BLOCK), INT64)
+    mask = kk < CH * RS
+    ch, r, s = reduction_decode(kk, CH, RS, S, CH_INNER)
+    return ch, r, s, mask
+
+
+@triton.jit
 def window_start(oh, ow, stride_h, stride_w, pad_h, pad_w):
     """First input row and column of the window of output (oh, ow): tap (r, s) then reads
     (start_h + r * dil_h, start_w + s * dil_w) (im2col)."""
@@ -83,24 +109,19 @@ def window_start(oh, ow, stride_h, stride_w, pad_h, pad_w):
 
 
 @triton.jit
-def in_range(i, size):
-    """Whether index ``i`` lies in [0, size) (padding is never read)."""
-    return (i >= 0) & (i < size)
+def tap(start, t, dil, size, mask):
+    """im2col along one axis: index ``start + t * dil`` of window tap t, and ``mask`` narrowed to
+    the taps inside [0, size) (padding is never read)."""
+    i = start + t * dil
+    return i, mask & (i >= 0) & (i < size)
 
 
 @triton.jit
-def in_image(ih, iw, H, W):
-    """Whether (ih, iw) lies in the H x W image: the im2col mask (outside it x reads as zero)."""
-    return in_range(ih, H) & in_range(iw, W)
-
-
-@triton.jit
-def strided_source(num, stride, size):
-    """The output index ``o`` with ``o * stride == num`` and whether it exists: ``num`` exact
-    multiple of ``stride`` and ``0 <= o < size``. Gradients gather through it (an input pixel
-    reached from output ``o`` by tap offset t has ``num = pixel + pad - t``)."""
-    o = num // stride
-    return o, (num >= 0) & (num % stride == 0) & (o < size)
+def in_image(mask, ih, iw, H, W):
+    """The im2col mask: ``mask`` narrowed to the (ih, iw) inside the H x W image (outside it x reads
+    as zero). The terms are and-ed one by one onto ``mask``: grouping them instead cost the weight
+    gradient kernel 32 more registers on sm_90."""
+    return mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
 
 
 @triton.jit

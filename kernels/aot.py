@@ -328,7 +328,8 @@ def _table(rows) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m cnnfast.kernels.aot",
-        description="Compile every Triton kernel spec of cnnfast (every config of every kernel) ahead of time (no GPU needed) and print the "
+        description="Compile every Triton kernel spec of cnnfast (every config of every kernel) ahead of time "
+        "(no GPU needed) and print the "
         "registers, shared memory and local memory / spills each uses. Exits 1 when a spec fails to compile, "
         "spills, or exceeds the architecture's shared memory or register file; the failing specs are named.",
         epilog="Numbers: regs, static smem, stack and local from `cuobjdump -res-usage` on the compiled cubin; "

@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TL_DTYPE, aot_spec, cdiv, choose_config, element_decode, in_range, max_take, needs_int64,
-                      new_empty, strided_source, wide, window_start)
+from ._common import (TL_DTYPE, aot_spec, cdiv, choose_config, element_decode, max_take, needs_int64,
+                      new_empty, tap, wide, window_start)
 
 # Forward and backward are memory-bound elementwise passes: one output (forward) or input (backward)
 # element per lane, so a config is only a block size and a warp count.
@@ -32,13 +32,10 @@ def _by_size(numel):
 
 @triton.jit
 def _max_pool2d_forward_kernel(
-    x_ptr, out_ptr, idx_ptr,
-    TOTAL, C, H, W, OH, OW,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_on, stride_oc, stride_oh, stride_ow,
+    x_ptr, out_ptr, idx_ptr, TOTAL, C, H, W, OH, OW,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr,
-    WITH_INDICES: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, WITH_INDICES: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # Elementwise window max, no GEMM: each program owns BLOCK consecutive output elements in the
@@ -59,11 +56,9 @@ def _max_pool2d_forward_kernel(
     j_first = tl.where(w0 < 0, (dil_w - 1 - w0) // dil_w, 0)
     best_q = i_first * KW + j_first
     for i in tl.static_range(KH):
-        h = h0 + i * dil_h
-        ok_h = mask & in_range(h, H)
+        h, ok_h = tap(h0, i, dil_h, H, mask)
         for j in tl.static_range(KW):
-            w = w0 + j * dil_w
-            ok = ok_h & in_range(w, W)
+            w, ok = tap(w0, j, dil_w, W, ok_h)
             val = tl.load(x_base + h * stride_xh + w * stride_xw, mask=ok, other=float("-inf")).to(tl.float32)
             best, best_q = max_take(val, best, best_q, i * KW + j, ok)
 
@@ -76,20 +71,16 @@ def _max_pool2d_forward_kernel(
 
 @triton.jit
 def _max_pool2d_backward_kernel(
-    gy_ptr, idx_ptr, gx_ptr,
-    TOTAL, C, H, W, OH, OW,
-    stride_gyn, stride_gyc, stride_gyh, stride_gyw,
-    stride_in, stride_ic, stride_ih, stride_iw,
+    gy_ptr, idx_ptr, gx_ptr, TOTAL, C, H, W, OH, OW,
+    stride_gyn, stride_gyc, stride_gyh, stride_gyw, stride_in, stride_ic, stride_ih, stride_iw,
     stride_gxn, stride_gxc, stride_gxh, stride_gxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Gather, no atomics, no GEMM: each program owns BLOCK consecutive input pixels in grad_input's
     # memory order, their fp32 sums in registers. A pixel (h, w) is cell (i, j) of window (oh, ow)
     # iff h = oh*stride_h - pad_h + i*dil_h (same for w), so for every (i, j) (unrolled) there is at
-    # most one candidate window (strided_source); its grad_out is added when the stored index equals
+    # most one candidate window; its grad_out is added when the stored index equals
     # h * W + w. Windows are visited in ascending (oh, ow), the order PyTorch accumulates in; each
     # grad_input element is written once.
     offs = wide(tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), INT64)
@@ -101,10 +92,13 @@ def _max_pool2d_backward_kernel(
 
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for ii in tl.static_range(KH):
-        oh, ok_h = strided_source(h + pad_h - (KH - 1 - ii) * dil_h, stride_h, OH)
+        oh_num = h + pad_h - (KH - 1 - ii) * dil_h
+        oh = oh_num // stride_h
+        ok_h = mask & (oh_num >= 0) & (oh * stride_h == oh_num) & (oh < OH)
         for jj in tl.static_range(KW):
-            ow, ok_w = strided_source(w + pad_w - (KW - 1 - jj) * dil_w, stride_w, OW)
-            ok = mask & ok_h & ok_w
+            ow_num = w + pad_w - (KW - 1 - jj) * dil_w
+            ow = ow_num // stride_w
+            ok = ok_h & (ow_num >= 0) & (ow * stride_w == ow_num) & (ow < OW)
             idx = tl.load(idx_base + oh * stride_ih + ow * stride_iw, mask=ok, other=-1)
             hit = ok & (idx == target)
             acc += tl.load(gy_base + oh * stride_gyh + ow * stride_gyw, mask=hit, other=0.0).to(tl.float32)

@@ -2,10 +2,10 @@
 import triton
 import triton.language as tl
 
-from .._common import cdiv, choose_config, needs_int64, new_empty, pixel_decode, wide
+from .._common import cdiv, choose_config, needs_int64, new_empty, pixel_tile, wide
 from .configs import BIAS_GRAD_CONFIGS, choose_bias_grad
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
-from .splitk import split_k, splitk_reduce, workspace
+from .splitk import split_k, split_range, splitk_reduce, workspace
 
 
 @triton.jit
@@ -13,8 +13,7 @@ def _conv2d_bias_grad_kernel(
     go_ptr, gp_ptr, pos_ptr, ws_ptr,
     P, K, OH, OW, PH, PW, CHUNKS_PER_SPLIT,
     s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
-    POOL: tl.constexpr,
-    PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
     PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr,
     INT64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -28,13 +27,10 @@ def _conv2d_bias_grad_kernel(
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = offs_k < K
 
-    p_lo = split * CHUNKS_PER_SPLIT * BLOCK_P
-    p_hi = tl.minimum(P, p_lo + CHUNKS_PER_SPLIT * BLOCK_P)
+    p_lo, p_hi = split_range(split, CHUNKS_PER_SPLIT, BLOCK_P, P)
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
     for p0 in range(p_lo, p_hi, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask_p = offs_p < p_hi
-        n, oh, ow = pixel_decode(offs_p, OH, OW)
+        n, oh, ow, mask_p = pixel_tile(p0, p_hi, OH, OW, BLOCK_P)
         dy = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
                            pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[:, None], offs_k[None, :],
                            oh[:, None], ow[:, None], mask_p[:, None] & mask_k[None, :],
@@ -73,4 +69,4 @@ def conv2d_bias_grad(grad_out, *, pool=None, config=None):
 def aot_specs():
     """Every bias_grad config x dtype x dy source (plain, the Net's 2x2 pool)."""
     return aot_specs_per_source("conv2d_bias_grad", _conv2d_bias_grad_kernel, BIAS_GRAD_CONFIGS,
-                                ("BLOCK_P", "BLOCK_K"), dict(ws_ptr="*fp32"), {})
+                                dict(ws_ptr="*fp32"), {}, tile_keys=("BLOCK_P", "BLOCK_K"), precisions=None)

@@ -2,8 +2,9 @@
 import triton
 import triton.language as tl
 
-from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channels_inner, choose_config, dot_args, in_image,
-                       mma, needs_int64, new_empty, pixel_decode, program_ids, reduction_decode, wide, window_start)
+from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channels_inner, choose_config, dot_args,
+                       in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile, program_ids, reduction_tile,
+                       window_start)
 from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n
 from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
 
@@ -51,7 +52,7 @@ def _conv2d_forward_direct_kernel(
         s = rs - r * S
         ih = ih0 + r * dil_h
         iw = iw0 + s * dil_w
-        mask_x = mask_m & in_image(ih, iw, H, W)
+        mask_x = in_image(mask_m, ih, iw, H, W)
         x_ptrs = x_base + ih * s_xh + iw * s_xw
         w_ptrs = w_base + r * s_wr + s * s_ws
         for c in tl.static_range(Cg):
@@ -87,9 +88,7 @@ def _conv2d_forward_gemm_kernel(
     # once in its dtype.
     pid_m, pid_n, g = program_ids(INT64)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n, oh, ow = pixel_decode(offs_m, OH, OW)
+    n, oh, ow, mask_m = pixel_tile(pid_m * BLOCK_M, M, OH, OW, BLOCK_M)
     ih0, iw0 = window_start(oh, ow, stride_h, stride_w, pad_h, pad_w)
     x_base = x_ptr + n * s_xn + (g * Cg) * s_xc
 
@@ -102,12 +101,10 @@ def _conv2d_forward_gemm_kernel(
     CRS = Cg * RS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk0 in range(0, CRS, BLOCK_K):
-        kk = wide(kk0 + tl.arange(0, BLOCK_K), INT64)
-        mask_k = kk < CRS
-        c, r, s = reduction_decode(kk, Cg, RS, S, C_INNER)
+        c, r, s, mask_k = reduction_tile(kk0, Cg, RS, S, C_INNER, INT64, BLOCK_K)
         ih = ih0[:, None] + (r * dil_h)[None, :]
         iw = iw0[:, None] + (s * dil_w)[None, :]
-        mask_a = (mask_m[:, None] & mask_k[None, :]) & in_image(ih, iw, H, W)
+        mask_a = in_image(mask_m[:, None] & mask_k[None, :], ih, iw, H, W)
         a = tl.load(x_base[:, None] + (c * s_xc)[None, :] + ih * s_xh + iw * s_xw, mask=mask_a, other=0.0)
         b = tl.load(w_base[None, :] + (c * s_wc + r * s_wr + s * s_ws)[:, None],
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)

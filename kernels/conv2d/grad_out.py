@@ -15,12 +15,20 @@ the gradient.
 import triton
 import triton.language as tl
 
-from .._common import TL_DTYPE, aot_spec, aot_tag, strided_source
+from .._common import TL_DTYPE, aot_precisions, aot_spec, aot_tag
 
 # The pool constexprs of the plain (POOL=False) source; AOT specs compile both modes.
 NO_POOL = dict(POOL=False, PKH=1, PKW=1, PSH=1, PSW=1, PPH=0, PPW=0, PDH=1, PDW=1)
 # Pool geometry the AOT specs use for the fused-backward variants: the Net's 2x2 / stride 2.
 AOT_POOL = dict(POOL=True, PKH=2, PKW=2, PSH=2, PSW=2, PPH=0, PPW=0, PDH=1, PDW=1)
+
+
+@triton.jit
+def _strided_source(num, stride, size, mask):
+    """The pooled index ``o`` with ``o * stride == num``, and ``mask`` narrowed to where it exists:
+    ``num`` an exact multiple of ``stride`` and ``0 <= o < size``."""
+    o = num // stride
+    return o, mask & (num >= 0) & (num % stride == 0) & (o < size)
 
 
 @triton.jit
@@ -59,10 +67,9 @@ def load_grad_out(
         else:
             dy = tl.zeros(mask.shape, dtype=tl.float32)
             for i in tl.static_range(PKH):
-                ph, ok_h = strided_source(oh + (PPH - i * PDH), PSH, PH)
+                ph, ok_h = _strided_source(oh + (PPH - i * PDH), PSH, PH, mask)
                 for j in tl.static_range(PKW):
-                    pw, ok_w = strided_source(ow + (PPW - j * PDW), PSW, PW)
-                    ok = mask & ok_h & ok_w
+                    pw, ok = _strided_source(ow + (PPW - j * PDW), PSW, PW, ok_h)
                     win = tl.load(pos_ptr + n * s_pn + k * s_pk + ph * s_ph + pw * s_pw, mask=ok, other=-1)
                     hit = ok & (win.to(tl.int32) == i * PKW + j)
                     gp = tl.load(gp_ptr + n * s_gpn + k * s_gpk + ph * s_gph + pw * s_gpw, mask=hit, other=0.0)
@@ -88,13 +95,15 @@ def grad_source(grad_out, pool):
     return (grad_pooled, grad_pooled, pos), strides, (ph, pw), consts, (n, k, oh, ow)
 
 
-def aot_specs_per_source(kernel, fn, configs, tile_keys, pointers, consts, precisions=None):
+def aot_specs_per_source(kernel, fn, configs, pointers, consts, tile_keys=("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+                         precisions=aot_precisions):
     """AOT specs of a gradient kernel: every dtype x dy source (plain, and rebuilt for the Net's 2x2
-    pool with int8 pos) x config x, when ``precisions(dtype name)`` is given, dot precision.
+    pool with int8 pos) x config x, unless ``precisions`` is None, dot precision (GEMM kernels).
     ``pointers``: the kernel's other pointer types, "{dt}" standing for the dtype's name."""
     specs = []
     for dt in TL_DTYPE.values():
-        ptrs = {arg: t.format(dt=dt) for arg, t in dict(go_ptr="*{dt}", gp_ptr="*{dt}", pos_ptr="*i8", **pointers).items()}
+        ptrs = dict(go_ptr=f"*{dt}", gp_ptr=f"*{dt}", pos_ptr="*i8")
+        ptrs.update((arg, t.format(dt=dt)) for arg, t in pointers.items())
         for mode, pool_consts in (("plain", NO_POOL), ("pool2x2", AOT_POOL)):
             for cfg in configs:
                 tiles = {key: cfg[key] for key in tile_keys}

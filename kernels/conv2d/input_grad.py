@@ -2,8 +2,8 @@
 import triton
 import triton.language as tl
 
-from .._common import (aot_precisions, cdiv, channels_inner, choose_config, dot_args, mma,
-                       needs_int64, new_empty, pixel_decode, program_ids, reduction_decode, strided_source, wide)
+from .._common import (cdiv, channels_inner, choose_config, dot_args, mma,
+                       needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
 from .configs import INPUT_GRAD_CONFIGS, choose_input_grad
 from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
@@ -15,12 +15,10 @@ def _conv2d_input_grad_kernel(
     M, H, W, OH, OW, Cg, Kg, R, S, PH, PW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
-    s_wk, s_wc, s_wr, s_ws, s_in, s_ic, s_ih, s_iw,
-    K_INNER: tl.constexpr, POOL: tl.constexpr,
-    PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
-    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    s_wk, s_wc, s_wr, s_ws, s_in, s_ic, s_ih, s_iw, K_INNER: tl.constexpr,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Implicit GEMM for grad_input (gemm.py, input_grad): M = N·H·W input pixels, N = C/groups input
     # channels of group g (grid axis 2), reduction over K/groups·R·S. Program (pid_m, pid_n, g) owns
@@ -32,9 +30,7 @@ def _conv2d_input_grad_kernel(
     # (r, s, k) when K_INNER (channels_last dy).
     pid_m, pid_n, g = program_ids(INT64)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n, ih, iw = pixel_decode(offs_m, H, W)
+    n, ih, iw, mask_m = pixel_tile(pid_m * BLOCK_M, M, H, W, BLOCK_M)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Cg
@@ -44,13 +40,14 @@ def _conv2d_input_grad_kernel(
     KRS = Kg * RS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk0 in range(0, KRS, BLOCK_K):
-        kk = wide(kk0 + tl.arange(0, BLOCK_K), INT64)
-        mask_k = kk < KRS
-        kl, r, s = reduction_decode(kk, Kg, RS, S, K_INNER)
+        kl, r, s, mask_k = reduction_tile(kk0, Kg, RS, S, K_INNER, INT64, BLOCK_K)
         k = g * Kg + kl
-        oh, ok_h = strided_source((ih + pad_h)[:, None] - (r * dil_h)[None, :], stride_h, OH)
-        ow, ok_w = strided_source((iw + pad_w)[:, None] - (s * dil_w)[None, :], stride_w, OW)
-        mask_a = (mask_m[:, None] & mask_k[None, :]) & ok_h & ok_w
+        oh_num = (ih + pad_h)[:, None] - (r * dil_h)[None, :]
+        ow_num = (iw + pad_w)[:, None] - (s * dil_w)[None, :]
+        oh = oh_num // stride_h
+        ow = ow_num // stride_w
+        mask_a = ((mask_m[:, None] & mask_k[None, :]) & (oh_num >= 0) & (ow_num >= 0)
+                  & (oh_num % stride_h == 0) & (ow_num % stride_w == 0) & (oh < OH) & (ow < OW))
         a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
                           pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[:, None], k[None, :], oh, ow,
                           mask_a, POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
@@ -100,7 +97,6 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
 
 
 def aot_specs():
-    """Every input_grad config x dtype x dy source (plain, the Net's 2x2 pool); float32 in both
-    precisions; NCHW dy."""
-    return aot_specs_per_source("conv2d_input_grad", _conv2d_input_grad_kernel, INPUT_GRAD_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
-                                dict(w_ptr="*{dt}", gi_ptr="*{dt}"), dict(K_INNER=False), aot_precisions)
+    """Every config x dtype x dy source x precision (``aot_specs_per_source``), NCHW dy."""
+    return aot_specs_per_source("conv2d_input_grad", _conv2d_input_grad_kernel, INPUT_GRAD_CONFIGS,
+                                dict(w_ptr="*{dt}", gi_ptr="*{dt}"), dict(K_INNER=False))

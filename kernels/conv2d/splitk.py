@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import TL_DTYPE, aot_spec, cdiv, element_decode, needs_int64, wide
+from .._common import TL_DTYPE, aot_spec, cdiv, needs_int64, pixel_decode, wide
 from .configs import REDUCE_CONFIG, SPLIT_MIN_CHUNKS, SPLIT_TARGET_PROGRAMS
 
 
@@ -17,6 +17,13 @@ def split_k(num_chunks, tiles):
     split = max(1, min(SPLIT_TARGET_PROGRAMS // max(tiles, 1), cdiv(num_chunks, SPLIT_MIN_CHUNKS)))
     per_split = max(1, cdiv(num_chunks, split))
     return max(1, cdiv(num_chunks, per_split)), per_split
+
+
+@triton.jit
+def split_range(split, CHUNKS_PER_SPLIT, BLOCK: tl.constexpr, P):
+    """[lo, hi): the pixels of split program ``split``, CHUNKS_PER_SPLIT chunks of BLOCK of the P."""
+    lo = split * CHUNKS_PER_SPLIT * BLOCK
+    return lo, tl.minimum(P, lo + CHUNKS_PER_SPLIT * BLOCK)
 
 
 def workspace(split, *shape, device):
@@ -40,7 +47,9 @@ def _splitk_reduce_kernel(
     for sp in range(0, SPLIT):
         acc += tl.load(ws_ptrs, mask=mask, other=0.0)
         ws_ptrs += TOTAL
-    i0, i1, i2, i3 = element_decode(offs, D1, D2, D3, False)
+    t, i2, i3 = pixel_decode(offs, D2, D3)
+    i1 = t % D1
+    i0 = t // D1
     tl.store(out_ptr + i0 * s_o0 + i1 * s_o1 + i2 * s_o2 + i3 * s_o3, acc.to(out_ptr.dtype.element_ty),
              mask=mask)
 

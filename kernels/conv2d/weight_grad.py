@@ -2,12 +2,12 @@
 import triton
 import triton.language as tl
 
-from .._common import (aot_precisions, cdiv, channels_inner, choose_config, dot_args, in_image,
-                       mma, needs_int64, new_empty, pixel_decode, program_ids, reduction_decode)
+from .._common import (cdiv, channels_inner, choose_config, dot_args, in_image,
+                       mma, needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
 from .configs import WEIGHT_GRAD_CONFIGS, choose_weight_grad
 from .gemm import WEIGHT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
-from .splitk import split_k, splitk_reduce, workspace
+from .splitk import split_k, split_range, splitk_reduce, workspace
 
 
 @triton.jit
@@ -16,12 +16,10 @@ def _conv2d_weight_grad_kernel(
     P, H, W, OH, OW, K, Cg, Kg, R, S, PH, PW, CHUNKS_PER_SPLIT,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     s_xn, s_xc, s_xh, s_xw,
-    s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
-    C_INNER: tl.constexpr, POOL: tl.constexpr,
-    PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
-    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw, C_INNER: tl.constexpr,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Split-K GEMM for grad_weight (gemm.py, weight_grad): M = K/groups output channels, N =
     # C/groups·R·S, reduction over P = N·OH·OW output pixels, cut into SPLIT contiguous ranges of
@@ -44,27 +42,22 @@ def _conv2d_weight_grad_kernel(
     mask_m = offs_m < Kg
     k = g * Kg + offs_m
 
-    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_j = offs_j < CRS
-    c, r, s = reduction_decode(offs_j, Cg, RS, S, C_INNER)
+    c, r, s, mask_j = reduction_tile(pid_n * BLOCK_N, Cg, RS, S, C_INNER, INT64, BLOCK_N)
     x_col = x_ptr + (g * Cg + c) * s_xc
     dh = r * dil_h - pad_h
     dw = s * dil_w - pad_w
 
-    p_lo = split * CHUNKS_PER_SPLIT * BLOCK_K
-    p_hi = tl.minimum(P, p_lo + CHUNKS_PER_SPLIT * BLOCK_K)
+    p_lo, p_hi = split_range(split, CHUNKS_PER_SPLIT, BLOCK_K, P)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for p0 in range(p_lo, p_hi, BLOCK_K):
-        offs_p = p0 + tl.arange(0, BLOCK_K)
-        mask_p = offs_p < p_hi
-        n, oh, ow = pixel_decode(offs_p, OH, OW)
+        n, oh, ow, mask_p = pixel_tile(p0, p_hi, OH, OW, BLOCK_K)
         a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
                           pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[None, :], k[:, None],
                           oh[None, :], ow[None, :], mask_m[:, None] & mask_p[None, :],
                           POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
         ih = (oh * stride_h)[:, None] + dh[None, :]
         iw = (ow * stride_w)[:, None] + dw[None, :]
-        mask_b = (mask_p[:, None] & mask_j[None, :]) & in_image(ih, iw, H, W)
+        mask_b = in_image(mask_p[:, None] & mask_j[None, :], ih, iw, H, W)
         b = tl.load(x_col[None, :] + (n * s_xn)[:, None] + ih * s_xh + iw * s_xw, mask=mask_b, other=0.0)
         acc = mma(a.to(b.dtype), b, acc, DOT_PRECISION, DOT_FP32)
 
@@ -111,7 +104,7 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
 
 
 def aot_specs():
-    """Every weight_grad config x dtype x dy source (plain, the Net's 2x2 pool); float32 in both
-    precisions; NCHW x."""
-    return aot_specs_per_source("conv2d_weight_grad", _conv2d_weight_grad_kernel, WEIGHT_GRAD_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
-                                dict(x_ptr="*{dt}", ws_ptr="*fp32"), dict(C_INNER=False), aot_precisions)
+    """Every config x dtype x dy source x precision (``aot_specs_per_source``), NCHW x; the
+    workspace is fp32."""
+    return aot_specs_per_source("conv2d_weight_grad", _conv2d_weight_grad_kernel, WEIGHT_GRAD_CONFIGS,
+                                dict(x_ptr="*{dt}", ws_ptr="*fp32"), dict(C_INNER=False))
