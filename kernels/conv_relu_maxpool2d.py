@@ -1,5 +1,5 @@
 """Triton fused conv2d + bias + ReLU + max_pool2d: one forward kernel that reads the input and writes
-only the pooled output (never the 4x larger conv output), and a backward built on conv2d.py's
+only the pooled output (never the 4x larger conv output), and a backward built on conv2d's
 gradient kernels in their pooled mode.
 
 The forward equals ``max_pool2d(relu(conv2d(x, weight, bias, ...)), ...)`` with PyTorch's pooling rule
@@ -12,10 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, needs_int64, new_empty, pos_dtype
+from ._common import (TL_DTYPE, aot_spec, cdiv, choose_config, in_image, interpreting, max_take, mma, needs_int64,
+                      new_empty, next_pow2, pos_dtype, tap, wide, window_start)
 from .conv2d import conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
 
-# Two forward kernels share this file's epilogue:
+# One forward kernel, two engines (configs of kind "fma" and "dot"):
 # - FMA (direct convolution): for tiny channel counts (the Net: C=3 -> K=6, C=6 -> K=16), where
 #   tensor-core tiles (16 deep, 16 wide) would be mostly padding and the layer is bound by latency and
 #   memory, not FLOPs. A program owns 8 output channels (all 6 of conv1, half of conv2's 16) of its
@@ -39,20 +40,12 @@ CONFIGS = [dict(kind="fma", **c) for c in FMA_CONFIGS] + [dict(kind="dot", **c) 
 _MIN_PROGRAMS = 264  # about two programs per SM on an H100 (132 SMs)
 
 
-def _next_pow2(v):
-    return 1 << (max(int(v), 1) - 1).bit_length()
-
-
 @triton.jit
 def _pooled_tile(P_TOTAL, PH, PW, Kg, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr):
     """Pooled pixels (n, ph, pw) and group-local output channels owned by this program."""
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    g = tl.program_id(2)
-    if INT64:
-        offs_p = offs_p.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)
-        g = g.to(tl.int64)
+    offs_p = wide(tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P), INT64)
+    offs_k = wide(tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K), INT64)
+    g = wide(tl.program_id(2), INT64)
     pw = offs_p % PW
     ph = (offs_p // PW) % PH
     n = offs_p // (PW * PH)
@@ -81,7 +74,7 @@ def _store_pooled(out_ptr, pos_ptr, best, best_q, n, ph, pw, mask_p, k, mask_k,
 
 
 @triton.jit
-def _conv_relu_maxpool2d_fma_kernel(
+def _conv_relu_maxpool2d_forward_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, pos_ptr,
     P_TOTAL, H, W, Cg, Kg, OH, OW, PH, PW,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -91,151 +84,129 @@ def _conv_relu_maxpool2d_fma_kernel(
     pool_sh, pool_sw, pool_ph, pool_pw, pool_dh, pool_dw,
     R: tl.constexpr, S: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PKP: tl.constexpr,
     HAS_BIAS: tl.constexpr, WITH_POS: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # Direct convolution with FP32 FMAs, for tiny channel counts. Why not tensor cores: with Cg = 3 or
-    # 6 input and Kg = 6 or 16 output channels per (r, s) a 16-deep, 16-wide MMA tile is 60-80%
-    # padding, and the Net's layers (~0.3 MFLOP per image) are bound by latency and memory traffic,
-    # not FLOPs. What matters is issuing few instructions per FMA and reading x once:
-    # a program owns BLOCK_P pooled pixels (n, ph, pw) x BLOCK_K output channels of group g and all
-    # PKH*PKW (padded to PKP) conv positions of their pool windows at once, as an fp32 register tile
-    # acc[BLOCK_K, PKP, BLOCK_P] (each thread: one pixel, all its window positions and channels).
-    # The reduction runs over the R x S taps (unrolled) and, innermost, the input channels c (runtime
-    # loop, so only one tap's pointers are live); per step a thread loads PKP input values and BLOCK_K
-    # weights (same address across the warp: a broadcast, loaded once and reused for every window
-    # position) and issues PKP * BLOCK_K FMAs.
-    # Epilogue: + bias, round to the output dtype, ReLU, then the window max with PyTorch's rule (last
-    # NaN, else first maximum), computed as reductions over the window axis. Window positions outside
-    # the conv output [0, OH) x [0, OW) (pool padding, ceil_mode) are skipped. Writes only the pooled
-    # tile (and pos).
-    n, ph, pw, mask_p, offs_k, mask_k, g = _pooled_tile(P_TOTAL, PH, PW, Kg, BLOCK_P, BLOCK_K, INT64)
-    k = g * Kg + offs_k
-
-    q = tl.arange(0, PKP)                                        # window offset i * PKW + j
-    oh = (ph * pool_sh - pool_ph)[None, :] + ((q // PKW) * pool_dh)[:, None]     # [PKP, BLOCK_P]
-    ow = (pw * pool_sw - pool_pw)[None, :] + ((q % PKW) * pool_dw)[:, None]
-    valid = mask_p[None, :] & (q < PKH * PKW)[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-    ih0 = oh * conv_sh - conv_ph
-    iw0 = ow * conv_sw - conv_pw
-    x_base = x_ptr + (n * stride_xn)[None, :] + g * Cg * stride_xc
-    w_base = w_ptr + k * stride_wk
-
-    acc = tl.zeros([BLOCK_K, PKP, BLOCK_P], dtype=tl.float32)
-    for r in tl.static_range(R):
-        ih = ih0 + r * conv_dh
-        ok_h = valid & (ih >= 0) & (ih < H)
-        for s in tl.static_range(S):
-            iw = iw0 + s * conv_dw
-            ok = ok_h & (iw >= 0) & (iw < W)
-            x_ptrs = x_base + ih * stride_xh + iw * stride_xw
-            w_ptrs = w_base + r * stride_wr + s * stride_ws
-            # Channels innermost: only this tap's pointers stay live, advanced by one channel per step.
-            for c in range(0, Cg):
-                xv = tl.load(x_ptrs, mask=ok, other=0.0).to(tl.float32)
-                wv = tl.load(w_ptrs, mask=mask_k, other=0.0).to(tl.float32)
-                acc += wv[:, None, None] * xv[None, :, :]
-                x_ptrs += stride_xc
-                w_ptrs += stride_wc
-
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + k, mask=mask_k, other=0.0).to(tl.float32)[:, None, None]
-    v = _relu_rounded(acc, out_ptr.dtype.element_ty)
-    # PyTorch's running-max rule over the window, as reductions: the last NaN if any, else the first
-    # maximum. Invalid positions read -inf and never win (valid values are >= 0 or NaN).
-    q3 = q[None, :, None]
-    is_nan = (v != v) & valid[None, :, :]
-    q_nan = tl.max(tl.where(is_nan, q3, -1), axis=1)
-    v = tl.where(valid[None, :, :] & (v == v), v, float("-inf"))
-    v_max = tl.max(v, axis=1)
-    q_max = tl.min(tl.where(v == v_max[:, None, :], q3, PKP), axis=1)
-    best = tl.where(q_nan >= 0, float("nan"), v_max)
-    best_q = tl.where(q_nan >= 0, q_nan, q_max)
-    _store_pooled(out_ptr, pos_ptr, best, best_q, n, ph, pw, mask_p, k, mask_k,
-                  stride_on, stride_oc, stride_oh, stride_ow, WITH_POS)
-
-
-@triton.jit
-def _conv_relu_maxpool2d_dot_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, pos_ptr,
-    P_TOTAL, H, W, Cg, Kg, OH, OW, PH, PW,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_wk, stride_wc, stride_wr, stride_ws,
-    stride_on, stride_oc, stride_oh, stride_ow,
-    conv_sh, conv_sw, conv_ph, conv_pw, conv_dh, conv_dw,
-    pool_sh, pool_sw, pool_ph, pool_pw, pool_dh, pool_dw,
-    R: tl.constexpr, S: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, WITH_POS: tl.constexpr, INT64: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
+    DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # Implicit GEMM per pool-window offset. GEMM view per group g and offset (i, j): rows = Kg output
-    # channels, columns = pooled pixels (n, ph, pw) whose conv position is (ph*pool_sh - pool_ph +
-    # i*pool_dh, pw*pool_sw - pool_pw + j*pool_dw), reduction = R * S * Cg (taps (r, s) x BLOCK_C-channel
-    # slices, flattened into one pipelined loop). Pixels are the tile's last (fastest) axis so that each
-    # thread holds few pixels' gather state (rows, masks, pointers). A program owns a BLOCK_K x BLOCK_P
-    # tile of pooled outputs; for each of the PKH x PKW offsets (a runtime loop: unrolling it copies
-    # the pipelined GEMM loop and spills) it accumulates the conv outputs in an fp32 register tile
-    # with tl.dot (tensor cores: fp16/bf16, or fp32 as "tf32"; "ieee" fp32 otherwise), adds bias,
-    # rounds to the output dtype, applies ReLU and updates the running max and its window offset in
-    # registers with PyTorch's rule (val > max or isnan(val)). Offsets whose conv position lies
-    # outside [0, OH) x [0, OW) are skipped. Writes only the pooled tile (and pos).
+    # Both engines: a program owns BLOCK_P pooled pixels (n, ph, pw) x BLOCK_K output channels of
+    # group g (grid axis 2), computes every conv output of their pool windows in fp32 registers and
+    # writes only the pooled tile (and pos). DOT, a constexpr, picks the engine: each compiled kernel
+    # holds one.
+    #
+    # DOT=False: direct convolution with FP32 FMAs, for tiny channel counts. Why not tensor cores: with
+    # Cg = 3 or 6 input and Kg = 6 or 16 output channels per (r, s) a 16-deep, 16-wide MMA tile is
+    # 60-80% padding, and the Net's layers (~0.3 MFLOP per image) are bound by latency and memory
+    # traffic, not FLOPs. What matters is issuing few instructions per FMA and reading x once:
+    # the program holds all PKH*PKW (padded to PKP) conv positions of its pool windows at once, as an
+    # fp32 register tile acc[BLOCK_K, PKP, BLOCK_P] (each thread: one pixel, all its window positions
+    # and channels). The reduction runs over the R x S taps (unrolled) and, innermost, the input
+    # channels c (runtime loop, so only one tap's pointers are live); per step a thread loads PKP
+    # input values and BLOCK_K weights (same address across the warp: a broadcast, loaded once and
+    # reused for every window position) and issues PKP * BLOCK_K FMAs.
+    # Epilogue: + bias, round to the output dtype, ReLU, then the window max with PyTorch's rule (last
+    # NaN, else first maximum), computed as reductions over the window axis. Window positions outside
+    # the conv output [0, OH) x [0, OW) (pool padding, ceil_mode) are skipped.
+    #
+    # DOT=True: implicit GEMM per pool-window offset. GEMM view per group g and offset (i, j): rows =
+    # Kg output channels, columns = pooled pixels (n, ph, pw) whose conv position is (ph*pool_sh -
+    # pool_ph + i*pool_dh, pw*pool_sw - pool_pw + j*pool_dw), reduction = R * S * Cg (taps (r, s) x
+    # BLOCK_C-channel slices, flattened into one pipelined loop). Pixels are the tile's last (fastest)
+    # axis so that each thread holds few pixels' gather state (rows, masks, pointers). For each of the
+    # PKH x PKW offsets (a runtime loop: unrolling it copies the pipelined GEMM loop and spills) the
+    # program accumulates the conv outputs in an fp32 BLOCK_K x BLOCK_P register tile with tl.dot
+    # (tensor cores: fp16/bf16, or fp32 as "tf32"; "ieee" fp32 otherwise), adds bias, rounds to the
+    # output dtype, applies ReLU and updates the running max and its window offset in registers with
+    # PyTorch's rule (max_take). Offsets whose conv position lies outside [0, OH) x [0, OW) are skipped.
     n, ph, pw, mask_p, offs_k, mask_k, g = _pooled_tile(P_TOTAL, PH, PW, Kg, BLOCK_P, BLOCK_K, INT64)
     k = g * Kg + offs_k
-    offs_c = tl.arange(0, BLOCK_C)
-    x_base = x_ptr + n * stride_xn + g * Cg * stride_xc               # [BLOCK_P]
-    w_base = w_ptr + k * stride_wk                                   # [BLOCK_K]
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + k, mask=mask_k, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_K], dtype=tl.float32)
-    num_cb = tl.cdiv(Cg, BLOCK_C)
+    if DOT:
+        offs_c = tl.arange(0, BLOCK_C)
+        x_base = x_ptr + n * stride_xn + g * Cg * stride_xc               # [BLOCK_P]
+        w_base = w_ptr + k * stride_wk                                   # [BLOCK_K]
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + k, mask=mask_k, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros([BLOCK_K], dtype=tl.float32)
+        num_cb = tl.cdiv(Cg, BLOCK_C)
 
-    best = tl.full([BLOCK_K, BLOCK_P], float("-inf"), tl.float32)
-    best_q = tl.zeros([BLOCK_K, BLOCK_P], dtype=tl.int32)
-    for q in range(0, PKH * PKW):
-        oh = ph * pool_sh - pool_ph + (q // PKW) * pool_dh
-        ow = pw * pool_sw - pool_pw + (q % PKW) * pool_dw
-        valid = mask_p & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-        ih0 = oh * conv_sh - conv_ph
-        iw0 = ow * conv_sw - conv_pw
-        acc = tl.zeros([BLOCK_K, BLOCK_P], dtype=tl.float32)
-        for t in range(0, R * S * num_cb):
-            rs = t // num_cb
-            c = (t % num_cb) * BLOCK_C + offs_c
-            r = rs // S
-            s = rs % S
-            ih = ih0 + r * conv_dh
-            iw = iw0 + s * conv_dw
-            ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            mask_c = c < Cg
-            a = tl.load((w_base + r * stride_wr + s * stride_ws)[:, None] + (c * stride_wc)[None, :],
-                        mask=mask_k[:, None] & mask_c[None, :], other=0.0)
-            b = tl.load((c * stride_xc)[:, None] + (x_base + ih * stride_xh + iw * stride_xw)[None, :],
-                        mask=mask_c[:, None] & ok[None, :], other=0.0)
-            if DOT_FP32:  # the Triton interpreter's tl.dot multiplies bfloat16's raw bits
-                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        v = _relu_rounded(acc + bias[:, None], out_ptr.dtype.element_ty)
-        take = valid[None, :] & ((v > best) | (v != v))
-        best = tl.where(take, v, best)
-        best_q = tl.where(take, q, best_q)
+        best = tl.full([BLOCK_K, BLOCK_P], float("-inf"), tl.float32)
+        best_q = tl.zeros([BLOCK_K, BLOCK_P], dtype=tl.int32)
+        for q in range(0, PKH * PKW):
+            oh = ph * pool_sh - pool_ph + (q // PKW) * pool_dh
+            ow = pw * pool_sw - pool_pw + (q % PKW) * pool_dw
+            valid = in_image(mask_p, oh, ow, OH, OW)
+            ih0, iw0 = window_start(oh, ow, conv_sh, conv_sw, conv_ph, conv_pw)
+            acc = tl.zeros([BLOCK_K, BLOCK_P], dtype=tl.float32)
+            for t in range(0, R * S * num_cb):
+                rs = t // num_cb
+                c = (t % num_cb) * BLOCK_C + offs_c
+                r = rs // S
+                s = rs % S
+                ih = ih0 + r * conv_dh
+                iw = iw0 + s * conv_dw
+                ok = in_image(valid, ih, iw, H, W)
+                mask_c = c < Cg
+                a = tl.load((w_base + r * stride_wr + s * stride_ws)[:, None] + (c * stride_wc)[None, :],
+                            mask=mask_k[:, None] & mask_c[None, :], other=0.0)
+                b = tl.load((c * stride_xc)[:, None] + (x_base + ih * stride_xh + iw * stride_xw)[None, :],
+                            mask=mask_c[:, None] & ok[None, :], other=0.0)
+                acc = mma(a, b, acc, DOT_PRECISION, DOT_FP32)
+            v = _relu_rounded(acc + bias[:, None], out_ptr.dtype.element_ty)
+            best, best_q = max_take(v, best, best_q, q, valid[None, :])
+    else:
+        q = tl.arange(0, PKP)                                        # window offset i * PKW + j
+        oh0, ow0 = window_start(ph, pw, pool_sh, pool_sw, pool_ph, pool_pw)
+        oh = oh0[None, :] + ((q // PKW) * pool_dh)[:, None]         # [PKP, BLOCK_P]
+        ow = ow0[None, :] + ((q % PKW) * pool_dw)[:, None]
+        valid = in_image(mask_p[None, :] & (q < PKH * PKW)[:, None], oh, ow, OH, OW)
+        ih0, iw0 = window_start(oh, ow, conv_sh, conv_sw, conv_ph, conv_pw)
+        x_base = x_ptr + (n * stride_xn)[None, :] + g * Cg * stride_xc
+        w_base = w_ptr + k * stride_wk
+
+        acc = tl.zeros([BLOCK_K, PKP, BLOCK_P], dtype=tl.float32)
+        for r in tl.static_range(R):
+            ih, ok_h = tap(ih0, r, conv_dh, H, valid)
+            for s in tl.static_range(S):
+                iw, ok = tap(iw0, s, conv_dw, W, ok_h)
+                x_ptrs = x_base + ih * stride_xh + iw * stride_xw
+                w_ptrs = w_base + r * stride_wr + s * stride_ws
+                # Channels innermost: only this tap's pointers stay live, advanced by one channel per step.
+                for c in range(0, Cg):
+                    xv = tl.load(x_ptrs, mask=ok, other=0.0).to(tl.float32)
+                    wv = tl.load(w_ptrs, mask=mask_k, other=0.0).to(tl.float32)
+                    acc += wv[:, None, None] * xv[None, :, :]
+                    x_ptrs += stride_xc
+                    w_ptrs += stride_wc
+
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + k, mask=mask_k, other=0.0).to(tl.float32)[:, None, None]
+        v = _relu_rounded(acc, out_ptr.dtype.element_ty)
+        # PyTorch's running-max rule (_common.max_take) over the whole window at once, as reductions: the
+        # last NaN if any, else the first maximum. Invalid positions read -inf and never win (valid values
+        # are >= 0 or NaN).
+        q3 = q[None, :, None]
+        is_nan = (v != v) & valid[None, :, :]
+        q_nan = tl.max(tl.where(is_nan, q3, -1), axis=1)
+        v = tl.where(valid[None, :, :] & (v == v), v, float("-inf"))
+        v_max = tl.max(v, axis=1)
+        q_max = tl.min(tl.where(v == v_max[:, None, :], q3, PKP), axis=1)
+        best = tl.where(q_nan >= 0, float("nan"), v_max)
+        best_q = tl.where(q_nan >= 0, q_nan, q_max)
     _store_pooled(out_ptr, pos_ptr, best, best_q, n, ph, pw, mask_p, k, mask_k,
                   stride_on, stride_oc, stride_oh, stride_ow, WITH_POS)
 
 
-def _pick(config, kind_fma, p_total, kg, dtype, allow_tf32):
-    if config is not None:
-        return CONFIGS[config] if isinstance(config, int) else config
+def _choose(kind_fma, p_total, kg, dtype, allow_tf32):
+    """Index into CONFIGS. FMA: the largest pixel tile that still gives _MIN_PROGRAMS programs (else
+    the smallest); DOT: the large tile when it gives _MIN_PROGRAMS programs and the dot is not exact
+    float32 ("ieee"), else the small one."""
     if kind_fma:
-        for cfg in FMA_CONFIGS:
-            if triton.cdiv(p_total, cfg["BLOCK_P"]) * triton.cdiv(kg, cfg["BLOCK_K"]) >= _MIN_PROGRAMS:
-                return dict(kind="fma", **cfg)
-        return dict(kind="fma", **FMA_CONFIGS[-1])
+        for i, cfg in enumerate(FMA_CONFIGS):
+            if cdiv(p_total, cfg["BLOCK_P"]) * cdiv(kg, cfg["BLOCK_K"]) >= _MIN_PROGRAMS:
+                return i
+        return len(FMA_CONFIGS) - 1
     ieee_fp32 = dtype == torch.float32 and not allow_tf32
-    big = triton.cdiv(p_total, 64) * triton.cdiv(kg, 32) >= _MIN_PROGRAMS
-    cfg = DOT_CONFIGS[0] if big and not ieee_fp32 else DOT_CONFIGS[1]
-    return dict(kind="dot", **cfg)
+    big = cdiv(p_total, 64) * cdiv(kg, 32) >= _MIN_PROGRAMS
+    return len(FMA_CONFIGS) + (0 if big and not ieee_fp32 else 1)
 
 
 def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, groups, conv_out_size,
@@ -272,8 +243,8 @@ def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, grou
     p_total = n * ph * pw
     if out.numel() == 0:
         return out, pos
-    cfg = _pick(config, cg < 16 and kg <= 16, p_total, kg, x.dtype, allow_tf32)
-    grid = (triton.cdiv(p_total, cfg["BLOCK_P"]), triton.cdiv(kg, cfg["BLOCK_K"]), groups)
+    cfg = choose_config(CONFIGS, config, lambda: _choose(cg < 16 and kg <= 16, p_total, kg, x.dtype, allow_tf32))
+    grid = (cdiv(p_total, cfg["BLOCK_P"]), cdiv(kg, cfg["BLOCK_K"]), groups)
     args = (
         x, weight, bias if bias is not None else weight, out, pos if with_pos else out,
         p_total, h, w, cg, kg, oh, ow, ph, pw,
@@ -284,14 +255,14 @@ def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, grou
     common = dict(R=r, S=s, PKH=pool_kernel[0], PKW=pool_kernel[1], HAS_BIAS=bias is not None,
                   WITH_POS=with_pos, INT64=needs_int64(x, weight, out),
                   BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
-    if cfg["kind"] == "fma":
-        _conv_relu_maxpool2d_fma_kernel[grid](*args, PKP=_next_pow2(pool_kernel[0] * pool_kernel[1]), **common)
+    if cfg["kind"] == "fma":  # the DOT-only constexprs at fixed values: one compiled kernel per FMA config
+        engine = dict(DOT=False, DOT_PRECISION="ieee", DOT_FP32=False, BLOCK_C=1)
     else:
-        precision = "tf32" if x.dtype != torch.float32 or allow_tf32 else "ieee"
-        _conv_relu_maxpool2d_dot_kernel[grid](*args, INPUT_PRECISION=precision,
-                                              DOT_FP32=interpreting() and x.dtype == torch.bfloat16,
-                                              BLOCK_C=cfg["BLOCK_C"] // (2 if x.dtype == torch.float32 else 1),
-                                              num_stages=cfg["num_stages"], **common)
+        engine = dict(DOT=True, DOT_PRECISION="tf32" if x.dtype != torch.float32 or allow_tf32 else "ieee",
+                      DOT_FP32=interpreting() and x.dtype == torch.bfloat16,
+                      BLOCK_C=cfg["BLOCK_C"] // (2 if x.dtype == torch.float32 else 1), num_stages=cfg["num_stages"])
+    _conv_relu_maxpool2d_forward_kernel[grid](*args, PKP=next_pow2(pool_kernel[0] * pool_kernel[1]), **engine,
+                                              **common)
     return out, pos
 
 
@@ -302,7 +273,7 @@ def conv_relu_maxpool2d_backward(grad_out, x, weight, pos, stride, padding, dila
     unless the matching ``needs`` flag is set.
 
     grad_out: (N, K, PH, PW) gradient of the pooled output; pos: as returned by the forward with the
-    same arguments. The conv-output gradient is never materialised: conv2d.py's input-, weight- and
+    same arguments. The conv-output gradient is never materialised: conv2d's input-, weight- and
     bias-gradient kernels rebuild it on the fly from (grad_out, pos) (dy[n, k, oh, ow] = sum over the
     pool windows containing (oh, ow) at offset (i, j) of grad_out where pos == i * pkw + j; pos == -1
     passes nothing, which is ReLU's gradient). grad_x: x's shape, grad_weight: weight's shape,
@@ -322,42 +293,32 @@ def conv_relu_maxpool2d_backward(grad_out, x, weight, pos, stride, padding, dila
     return grad_x, grad_w, grad_b
 
 
-_TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def _signature(fn, pointer_types):
-    """Every kernel parameter in order: pointers as given, constexprs as such, the rest i32."""
-    constexprs = {fn.arg_names[i] for i in fn.constexprs}
-    return {name: pointer_types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
-
-
 def aot_specs():
-    """Specs for AOT compilation (kernels/inspect.py): every config x dtype for the Net's geometry
-    (3x3 conv with bias, 2x2 pool, pos as int8); float32 DOT configs as "tf32", and the config the
-    heuristic uses for "ieee" float32 also as "ieee"; the first FMA config also without pos (inference)."""
+    """Specs for AOT compilation: every config x dtype for the Net's geometry (3x3 conv with bias,
+    2x2 pool, pos as int8); float32 DOT configs as "tf32", and the config the heuristic uses for
+    "ieee" float32 also as "ieee"; the first FMA config also without pos (inference)."""
     specs = []
-    geometry = dict(R=3, S=3, PKH=2, PKW=2, HAS_BIAS=True, INT64=False)
-    for dt in _TL_DTYPE.values():
+    geometry = dict(R=3, S=3, PKH=2, PKW=2, PKP=4, HAS_BIAS=True, INT64=False)
+    for dt in TL_DTYPE.values():
         pointers = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "out_ptr": f"*{dt}", "pos_ptr": "*i8"}
         for ci, cfg in enumerate(FMA_CONFIGS):
             for with_pos in (True, False) if ci == 0 else (True,):
-                specs.append(dict(
-                    name=f"conv_relu_maxpool2d_fma/{dt}/r3p2{'-pos' if with_pos else ''}"
-                         f"/BP{cfg['BLOCK_P']}-BK{cfg['BLOCK_K']}-W{cfg['num_warps']}",
-                    fn=_conv_relu_maxpool2d_fma_kernel,
-                    signature=_signature(_conv_relu_maxpool2d_fma_kernel, pointers),
-                    constexprs=dict(geometry, PKP=4, WITH_POS=with_pos, BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"]),
-                    num_warps=cfg["num_warps"], num_stages=1))
+                specs.append(aot_spec(
+                    f"conv_relu_maxpool2d_fma/{dt}/r3p2{'-pos' if with_pos else ''}"
+                    f"/BP{cfg['BLOCK_P']}-BK{cfg['BLOCK_K']}-W{cfg['num_warps']}",
+                    _conv_relu_maxpool2d_forward_kernel, pointers,
+                    dict(geometry, WITH_POS=with_pos, DOT=False, DOT_PRECISION="ieee", DOT_FP32=False,
+                         BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=1),
+                    cfg["num_warps"], 1))
         for ci, cfg in enumerate(DOT_CONFIGS):
             precisions = (("tf32", "ieee") if ci == 1 else ("tf32",)) if dt == "fp32" else ("tf32",)
+            block_c = cfg["BLOCK_C"] // (2 if dt == "fp32" else 1)
             for precision in precisions:
-                block_c = cfg["BLOCK_C"] // (2 if dt == "fp32" else 1)
-                specs.append(dict(
-                    name=f"conv_relu_maxpool2d_dot/{dt}{'-' + precision if dt == 'fp32' else ''}/r3p2-pos"
-                         f"/BP{cfg['BLOCK_P']}-BK{cfg['BLOCK_K']}-BC{block_c}-W{cfg['num_warps']}-S{cfg['num_stages']}",
-                    fn=_conv_relu_maxpool2d_dot_kernel,
-                    signature=_signature(_conv_relu_maxpool2d_dot_kernel, pointers),
-                    constexprs=dict(geometry, WITH_POS=True, INPUT_PRECISION=precision, DOT_FP32=False,
-                                    BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=block_c),
-                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+                specs.append(aot_spec(
+                    f"conv_relu_maxpool2d_dot/{dt}{'-' + precision if dt == 'fp32' else ''}/r3p2-pos"
+                    f"/BP{cfg['BLOCK_P']}-BK{cfg['BLOCK_K']}-BC{block_c}-W{cfg['num_warps']}-S{cfg['num_stages']}",
+                    _conv_relu_maxpool2d_forward_kernel, pointers,
+                    dict(geometry, WITH_POS=True, DOT=True, DOT_PRECISION=precision, DOT_FP32=False,
+                         BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=block_c),
+                    cfg["num_warps"], cfg["num_stages"]))
     return specs

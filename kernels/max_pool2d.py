@@ -1,66 +1,52 @@
 """Triton max_pool2d: forward (values and optional int64 indices) and a deterministic backward.
 
-Semantics follow PyTorch exactly (see FIELD_NOTES.md): the running maximum starts at -inf, an element
-replaces it when ``val > max or isnan(val)`` (NaN propagates, the index is that of the last NaN, ties
-keep the first maximum in row-major window order), padded cells are never read, and indices are int64
-flattened as ``h * W + w`` within each H x W plane.
+Semantics follow PyTorch's max_pool2d (ATen's ``max_pool2d_with_indices`` and its backward) exactly:
+the running maximum starts at -inf, an element replaces it when ``val > max or isnan(val)`` (NaN
+propagates, the index is that of the last NaN, ties keep the first maximum in row-major window order;
+``_common.max_take``), padded cells are never read, and indices are int64 flattened as ``h * W + w``
+within each H x W plane.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import needs_int64, new_empty
+from ._common import (TL_DTYPE, aot_spec, cdiv, choose_config, element_decode, max_take, needs_int64,
+                      new_empty, tap, wide, window_start)
 
 # Forward and backward are memory-bound elementwise passes: one output (forward) or input (backward)
 # element per lane, so a config is only a block size and a warp count.
-FWD_CONFIGS = [
+FORWARD_CONFIGS = [
     dict(BLOCK=512, num_warps=4),   # large tensors (>= 2M outputs): 4 outputs per thread, loads in flight
     dict(BLOCK=256, num_warps=4),   # small tensors (the Net's pools, small batches): 2 per thread, more programs
 ]
-BWD_CONFIGS = [
+BACKWARD_CONFIGS = [
     dict(BLOCK=512, num_warps=4),   # large inputs (>= 2M elements): 4 pixels per thread
     dict(BLOCK=256, num_warps=4),   # small inputs
 ]
 
 
-def _pick(configs, config, numel):
-    if config is not None:
-        return configs[config] if isinstance(config, int) else config
-    return configs[0] if numel >= 2**21 else configs[1]
+def _by_size(numel):
+    """The heuristic of both lists: the larger block from 2M elements on."""
+    return lambda: 0 if numel >= 2**21 else 1
 
 
 @triton.jit
-def _max_pool2d_fwd_kernel(
-    x_ptr, out_ptr, idx_ptr,
-    TOTAL, C, H, W, OH, OW,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_on, stride_oc, stride_oh, stride_ow,
+def _max_pool2d_forward_kernel(
+    x_ptr, out_ptr, idx_ptr, TOTAL, C, H, W, OH, OW,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr,
-    WITH_INDICES: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, WITH_INDICES: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # Each program owns BLOCK consecutive output elements in the output's memory order (NCHW or NHWC,
-    # so stores are coalesced) and walks their KH x KW windows (unrolled), keeping the running maximum
-    # (fp32, exact for every input dtype) and its window offset in registers. Out-of-range
-    # (padded) cells are masked, never read. Writes the maximum and, if WITH_INDICES, the int64 index
-    # (out and indices share strides).
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    if INT64:
-        offs = offs.to(tl.int64)
+    # Elementwise window max, no GEMM: each program owns BLOCK consecutive output elements in the
+    # output's memory order (NCHW or NHWC, so stores are coalesced) and walks their KH x KW windows
+    # (unrolled), keeping the running maximum (fp32, exact for every input dtype) and its window
+    # offset in registers (PyTorch's rule, max_take). Out-of-range (padded) cells are masked, never
+    # read. Writes the maximum and, if WITH_INDICES, the int64 index (out and indices share strides).
+    offs = wide(tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), INT64)
     mask = offs < TOTAL
-    if CHANNELS_LAST:
-        c = offs % C
-        ow = (offs // C) % OW
-        oh = (offs // (C * OW)) % OH
-        n = offs // (C * OW * OH)
-    else:
-        ow = offs % OW
-        oh = (offs // OW) % OH
-        c = (offs // (OW * OH)) % C
-        n = offs // (OW * OH * C)
-    h0 = oh * stride_h - pad_h
-    w0 = ow * stride_w - pad_w
+    n, c, oh, ow = element_decode(offs, C, OH, OW, CHANNELS_LAST)
+    h0, w0 = window_start(oh, ow, stride_h, stride_w, pad_h, pad_w)
     x_base = x_ptr + n * stride_xn + c * stride_xc
 
     best = tl.full([BLOCK], float("-inf"), tl.float32)
@@ -70,15 +56,11 @@ def _max_pool2d_fwd_kernel(
     j_first = tl.where(w0 < 0, (dil_w - 1 - w0) // dil_w, 0)
     best_q = i_first * KW + j_first
     for i in tl.static_range(KH):
-        h = h0 + i * dil_h
-        ok_h = mask & (h >= 0) & (h < H)
+        h, ok_h = tap(h0, i, dil_h, H, mask)
         for j in tl.static_range(KW):
-            w = w0 + j * dil_w
-            ok = ok_h & (w >= 0) & (w < W)
+            w, ok = tap(w0, j, dil_w, W, ok_h)
             val = tl.load(x_base + h * stride_xh + w * stride_xw, mask=ok, other=float("-inf")).to(tl.float32)
-            take = ok & ((val > best) | (val != val))
-            best = tl.where(take, val, best)
-            best_q = tl.where(take, i * KW + j, best_q)
+            best, best_q = max_take(val, best, best_q, i * KW + j, ok)
 
     o = n * stride_on + c * stride_oc + oh * stride_oh + ow * stride_ow
     tl.store(out_ptr + o, best.to(out_ptr.dtype.element_ty), mask=mask)
@@ -88,36 +70,22 @@ def _max_pool2d_fwd_kernel(
 
 
 @triton.jit
-def _max_pool2d_bwd_kernel(
-    gy_ptr, idx_ptr, gx_ptr,
-    TOTAL, C, H, W, OH, OW,
-    stride_gyn, stride_gyc, stride_gyh, stride_gyw,
-    stride_in, stride_ic, stride_ih, stride_iw,
+def _max_pool2d_backward_kernel(
+    gy_ptr, idx_ptr, gx_ptr, TOTAL, C, H, W, OH, OW,
+    stride_gyn, stride_gyc, stride_gyh, stride_gyw, stride_in, stride_ic, stride_ih, stride_iw,
     stride_gxn, stride_gxc, stride_gxh, stride_gxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # Gather, no atomics: each program owns BLOCK consecutive input pixels in grad_input's memory
-    # order. A pixel (h, w) is cell (i, j) of window (oh, ow) iff h = oh*stride_h - pad_h + i*dil_h
-    # (same for w), so for every (i, j) (unrolled) there is at most one candidate window; its grad_out
-    # is added when the stored index equals h * W + w. Windows are visited in ascending (oh, ow), the
-    # order PyTorch accumulates in, with an fp32 accumulator; each grad_input element is written once.
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    if INT64:
-        offs = offs.to(tl.int64)
+    # Gather, no atomics, no GEMM: each program owns BLOCK consecutive input pixels in grad_input's
+    # memory order, their fp32 sums in registers. A pixel (h, w) is cell (i, j) of window (oh, ow)
+    # iff h = oh*stride_h - pad_h + i*dil_h (same for w), so for every (i, j) (unrolled) there is at
+    # most one candidate window; its grad_out is added when the stored index equals
+    # h * W + w. Windows are visited in ascending (oh, ow), the order PyTorch accumulates in; each
+    # grad_input element is written once.
+    offs = wide(tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), INT64)
     mask = offs < TOTAL
-    if CHANNELS_LAST:
-        c = offs % C
-        w = (offs // C) % W
-        h = (offs // (C * W)) % H
-        n = offs // (C * W * H)
-    else:
-        w = offs % W
-        h = (offs // W) % H
-        c = (offs // (W * H)) % C
-        n = offs // (W * H * C)
+    n, c, h, w = element_decode(offs, C, H, W, CHANNELS_LAST)
     target = h * W + w
     gy_base = gy_ptr + n * stride_gyn + c * stride_gyc
     idx_base = idx_ptr + n * stride_in + c * stride_ic
@@ -151,7 +119,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_size, *, w
     -inf and an element replaces it when ``val > max or isnan(val)`` (NaN propagates; ties keep the
     first maximum in row-major window order). indices: int64, ``h * W + w`` of that element (the last
     NaN when there is one; the first in-range cell when every value is -inf). Both are NCHW-contiguous,
-    or channels_last when ``channels_last=True``. config: index into FWD_CONFIGS or a dict.
+    or channels_last when ``channels_last=True``. config: index into FORWARD_CONFIGS or a dict.
     """
     n, c, h, w = x.shape
     oh, ow = out_size
@@ -161,9 +129,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_size, *, w
     total = out.numel()
     if total == 0:
         return out, idx
-    cfg = _pick(FWD_CONFIGS, config, total)
-    grid = (triton.cdiv(total, cfg["BLOCK"]),)
-    _max_pool2d_fwd_kernel[grid](
+    cfg = choose_config(FORWARD_CONFIGS, config, _by_size(total))
+    _max_pool2d_forward_kernel[(cdiv(total, cfg["BLOCK"]),)](
         x, out, idx if with_indices else out,
         total, c, h, w, oh, ow,
         *x.stride(), *out.stride(),
@@ -184,7 +151,7 @@ def max_pool2d_backward(grad_out, indices, input_size, kernel_size, stride, padd
     grad_out, NCHW-contiguous or channels_last when ``channels_last=True``:
     ``grad_input[n, c, h, w] = sum of grad_out[n, c, oh, ow] over the windows (oh, ow) that contain
     (h, w) and whose index equals h * W + w``, summed in fp32 in ascending (oh, ow) order.
-    config: index into BWD_CONFIGS or a dict.
+    config: index into BACKWARD_CONFIGS or a dict.
     """
     n, c, oh, ow = grad_out.shape
     h, w = input_size
@@ -192,9 +159,8 @@ def max_pool2d_backward(grad_out, indices, input_size, kernel_size, stride, padd
     total = gx.numel()
     if total == 0:
         return gx
-    cfg = _pick(BWD_CONFIGS, config, total)
-    grid = (triton.cdiv(total, cfg["BLOCK"]),)
-    _max_pool2d_bwd_kernel[grid](
+    cfg = choose_config(BACKWARD_CONFIGS, config, _by_size(total))
+    _max_pool2d_backward_kernel[(cdiv(total, cfg["BLOCK"]),)](
         grad_out, indices, gx,
         total, c, h, w, oh, ow,
         *grad_out.stride(), *indices.stride(), *gx.stride(),
@@ -206,41 +172,27 @@ def max_pool2d_backward(grad_out, indices, input_size, kernel_size, stride, padd
     return gx
 
 
-_TL_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def _signature(fn, pointer_types):
-    """Every kernel parameter in order: pointers as given, constexprs as such, the rest i32."""
-    constexprs = {fn.arg_names[i] for i in fn.constexprs}
-    return {name: pointer_types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
-
-
 def aot_specs():
-    """Specs for AOT compilation (kernels/inspect.py): every config x dtype x layout with 2x2 windows
-    (the Net's pool; forward with indices), plus, for the first config, the forward without indices
+    """Specs for AOT compilation: every config x dtype x layout with 2x2 windows (the Net's pool;
+    forward with indices), plus, for the first forward config, the forward without indices
     (inference) and a 3x3 window."""
     specs = []
-    for dt in _TL_DTYPE.values():
-        for ci, cfg in enumerate(FWD_CONFIGS):
+    for dt in TL_DTYPE.values():
+        for ci, cfg in enumerate(FORWARD_CONFIGS):
             for layout in ("nchw", "nhwc"):
                 variants = [(2, True)] + ([(2, False), (3, True)] if ci == 0 and layout == "nchw" else [])
                 for k, with_idx in variants:
-                    specs.append(dict(
-                        name=f"max_pool2d_fwd/{dt}/{layout}/k{k}{'-idx' if with_idx else ''}"
-                             f"/B{cfg['BLOCK']}-W{cfg['num_warps']}",
-                        fn=_max_pool2d_fwd_kernel,
-                        signature=_signature(_max_pool2d_fwd_kernel,
-                                             {"x_ptr": f"*{dt}", "out_ptr": f"*{dt}", "idx_ptr": "*i64"}),
-                        constexprs=dict(KH=k, KW=k, WITH_INDICES=with_idx, CHANNELS_LAST=layout == "nhwc",
-                                        INT64=False, BLOCK=cfg["BLOCK"]),
-                        num_warps=cfg["num_warps"], num_stages=1))
-        for cfg in BWD_CONFIGS:
+                    specs.append(aot_spec(
+                        f"max_pool2d_forward/{dt}/{layout}/k{k}{'-idx' if with_idx else ''}"
+                        f"/B{cfg['BLOCK']}-W{cfg['num_warps']}", _max_pool2d_forward_kernel,
+                        {"x_ptr": f"*{dt}", "out_ptr": f"*{dt}", "idx_ptr": "*i64"},
+                        dict(KH=k, KW=k, WITH_INDICES=with_idx, CHANNELS_LAST=layout == "nhwc", INT64=False,
+                             BLOCK=cfg["BLOCK"]), cfg["num_warps"], 1))
+        for cfg in BACKWARD_CONFIGS:
             for layout in ("nchw", "nhwc"):
-                specs.append(dict(
-                    name=f"max_pool2d_bwd/{dt}/{layout}/k2/B{cfg['BLOCK']}-W{cfg['num_warps']}",
-                    fn=_max_pool2d_bwd_kernel,
-                    signature=_signature(_max_pool2d_bwd_kernel,
-                                         {"gy_ptr": f"*{dt}", "idx_ptr": "*i64", "gx_ptr": f"*{dt}"}),
-                    constexprs=dict(KH=2, KW=2, CHANNELS_LAST=layout == "nhwc", INT64=False, BLOCK=cfg["BLOCK"]),
-                    num_warps=cfg["num_warps"], num_stages=1))
+                specs.append(aot_spec(
+                    f"max_pool2d_backward/{dt}/{layout}/k2/B{cfg['BLOCK']}-W{cfg['num_warps']}",
+                    _max_pool2d_backward_kernel, {"gy_ptr": f"*{dt}", "idx_ptr": "*i64", "gx_ptr": f"*{dt}"},
+                    dict(KH=2, KW=2, CHANNELS_LAST=layout == "nhwc", INT64=False, BLOCK=cfg["BLOCK"]),
+                    cfg["num_warps"], 1))
     return specs

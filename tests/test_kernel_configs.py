@@ -23,11 +23,13 @@ def _conv_case(dtype):
 
 
 def _configs(name):
-    from cnnfast.kernels import conv2d, conv_relu_maxpool2d, max_pool2d
+    from cnnfast.kernels import conv_relu_maxpool2d, max_pool2d
+    from cnnfast.kernels.conv2d import configs
     module, attr = {
-        "conv2d_forward": (conv2d, "_FWD_CONFIGS"), "conv2d_input_grad": (conv2d, "_INPUT_GRAD_CONFIGS"),
-        "conv2d_weight_grad": (conv2d, "_WEIGHT_GRAD_CONFIGS"), "conv2d_bias_grad": (conv2d, "_BIAS_GRAD_CONFIGS"),
-        "max_pool2d_forward": (max_pool2d, "FWD_CONFIGS"), "max_pool2d_backward": (max_pool2d, "BWD_CONFIGS"),
+        "conv2d_forward": (configs, "FORWARD_CONFIGS"), "conv2d_input_grad": (configs, "INPUT_GRAD_CONFIGS"),
+        "conv2d_weight_grad": (configs, "WEIGHT_GRAD_CONFIGS"), "conv2d_bias_grad": (configs, "BIAS_GRAD_CONFIGS"),
+        "max_pool2d_forward": (max_pool2d, "FORWARD_CONFIGS"),
+        "max_pool2d_backward": (max_pool2d, "BACKWARD_CONFIGS"),
         "conv_relu_maxpool2d_forward": (conv_relu_maxpool2d, "CONFIGS"),
     }[name]
     return range(len(getattr(module, attr)))

@@ -1,14 +1,14 @@
 """Every Triton kernel spec compiles ahead of time for sm_80 and sm_90 without spilling.
 
 The suite runs with TRITON_INTERPRET=1, under which ``@triton.jit`` kernels cannot be compiled, so one
-child process (``python -m cnnfast.kernels.inspect --json``, the interpreter off) compiles everything
+child process (``python -m cnnfast.kernels.aot --json``, the interpreter off) compiles everything
 once per module run and the tests below read its report. Deselect with ``-m "not aot"``.
 """
 import json
 
 import pytest
 
-from cnnfast.kernels import inspect as aot
+from cnnfast.kernels import aot
 
 pytestmark = pytest.mark.aot
 

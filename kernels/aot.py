@@ -1,8 +1,10 @@
 """Ahead-of-time compile of every cnnfast Triton kernel spec, with a table of the resources each uses.
 
-Every kernel module lists the (kernel, config, dtype) combinations worth compiling in ``aot_specs()``;
-this tool compiles each for real GPU architectures (sm_80 and sm_90 by default) without needing a GPU,
-and reports, per spec and architecture:
+Every kernel module lists in ``aot_specs()`` the (kernel, config, dtype) combinations worth compiling:
+every config of its config lists (the tile sizes its launchers choose among; nothing uses
+``triton.autotune``), in every float dtype, for the geometries and layouts the module's docstring of
+``aot_specs()`` names. This tool compiles each for real GPU architectures (sm_80 and sm_90 by default)
+without needing a GPU, and reports, per spec and architecture:
 
     regs         registers per thread        REG of ``cuobjdump -res-usage`` on the compiled cubin
     smem         shared memory per block      Triton's metadata ``shared`` (the dynamic shared memory its
@@ -23,7 +25,7 @@ exceed the 64 K register file. The command exits non-zero naming every failing s
 Pointer arguments are compiled as 16-byte aligned (``tt.divisibility = 16``), which is what Triton's
 JIT assumes for freshly allocated tensors; integer arguments get no specialisation.
 
-Run it as ``python -m cnnfast.kernels.inspect``. The Triton interpreter (``TRITON_INTERPRET=1``)
+Run it as ``python -m cnnfast.kernels.aot``. The Triton interpreter (``TRITON_INTERPRET=1``)
 replaces ``@triton.jit`` functions by Python ones that cannot be compiled, so when that variable is set
 the command runs itself again in a child process without it; ``run_subprocess`` does the same for
 callers such as the test suite.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import inspect as _pyinspect
+import inspect
 import json
 import multiprocessing
 import os
@@ -44,7 +46,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-_THIS_MODULE = f"{__package__}.inspect"  # also right when run as __main__
+_THIS_MODULE = f"{__package__}.aot"  # also right when run as __main__
 KERNEL_MODULES = ("conv2d", "max_pool2d", "conv_relu_maxpool2d")
 DEFAULT_ARCHS = (80, 90)
 
@@ -68,7 +70,7 @@ def compiler_env(environ=os.environ) -> dict:
 
 
 def run_subprocess(argv=(), *, timeout=None, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m cnnfast.kernels.inspect *argv`` in a child without TRITON_INTERPRET.
+    """Run ``python -m cnnfast.kernels.aot *argv`` in a child without TRITON_INTERPRET.
 
     Output is captured as text; the exit status is left for the caller to judge.
     """
@@ -112,7 +114,7 @@ def _jit_function(fn):
     raise TypeError(
         f"{getattr(fn, '__name__', fn)!r} is not a triton JITFunction ({type(fn).__name__}): the kernel "
         "module was imported with TRITON_INTERPRET set, and interpreted kernels cannot be compiled. "
-        "Run `python -m cnnfast.kernels.inspect` (it re-runs itself without the variable) or unset it.")
+        "Run `python -m cnnfast.kernels.aot` (it re-runs itself without the variable) or unset it.")
 
 
 def make_source(spec: dict):
@@ -135,7 +137,7 @@ def make_source(spec: dict):
         raise ValueError(f"constexpr parameters without a value: {', '.join(missing)}")
     pointers = [i for i, t in enumerate(signature.values()) if t.startswith("*")]
 
-    params = _pyinspect.signature(ASTSource.__init__).parameters
+    params = inspect.signature(ASTSource.__init__).parameters
     if "constexprs" in params:
         attrs = {(i, ): _POINTER_ALIGNED for i in pointers}
         return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -325,8 +327,9 @@ def _table(rows) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m cnnfast.kernels.inspect",
-        description="Compile every Triton kernel spec of cnnfast ahead of time (no GPU needed) and print the "
+        prog="python -m cnnfast.kernels.aot",
+        description="Compile every Triton kernel spec of cnnfast (every config of every kernel) ahead of time "
+        "(no GPU needed) and print the "
         "registers, shared memory and local memory / spills each uses. Exits 1 when a spec fails to compile, "
         "spills, or exceeds the architecture's shared memory or register file; the failing specs are named.",
         epilog="Numbers: regs, static smem, stack and local from `cuobjdump -res-usage` on the compiled cubin; "

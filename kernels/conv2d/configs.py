@@ -1,0 +1,98 @@
+"""conv2d's tile configs, as data, and the heuristics that choose among them.
+
+Each list entry names the shape family it serves; each launcher takes ``config=`` (an index into its
+list, or a dict) to force one, and otherwise asks the ``choose_*`` function here. The sizes are the
+implicit-GEMM ones of ``gemm.py`` (M rows, N columns, ``red`` reduction length per group).
+
+Two limits shape every GEMM list: the gathered im2col tiles cost registers per element (an address
+and a mask each), so tiles stay at BLOCK_K = 16 (forward, input_grad) and <= 4096 accumulator elements
+(larger ones spill at 4 warps); and no config uses more than 4 warps: Inductor's Triton conv template
+miscompiled at num_warps >= 8 (pytorch issue 173068).
+"""
+from .._common import next_pow2
+from .gemm import GemmSize
+
+# Split-K launches aim at about four waves of an H100's 132 SMs. The constant does not depend on
+# the device, so the reduction order, and with it every bit of the result, depends only on the
+# problem shape and the config.
+SPLIT_TARGET_PROGRAMS = 528
+# Fewest reduction chunks (of BLOCK_K / BLOCK_P elements) one split program handles.
+SPLIT_MIN_CHUNKS = 4
+
+# Forward. "direct": FMA outer products, BLOCK_N = next power of two of K/groups (<= 32);
+# "gemm": implicit GEMM on tensor cores (fp32: TF32, or exact FMA dot).
+FORWARD_CONFIGS = [
+    # direct, small C·R·S and K/groups (the Net's conv1 3->6 and conv2 6->16, depthwise 3x3)
+    dict(kind="direct", BLOCK_M=128, num_warps=4, num_stages=1),
+    # direct, same layers at large batch x image: two output pixels per thread share each w load
+    dict(kind="direct", BLOCK_M=256, num_warps=4, num_stages=1),
+    # gemm, K/groups <= 32 with C·R·S too large to unroll, small N·OH·OW
+    dict(kind="gemm", BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=3),
+    # gemm, K/groups <= 32, large N·OH·OW
+    dict(kind="gemm", BLOCK_M=128, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=3),
+    # gemm, K/groups > 32
+    dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+]
+
+# Input gradient: implicit GEMM, M = N·H·W, N = C/groups, reduction over K/groups·R·S.
+INPUT_GRAD_CONFIGS = [
+    # C/groups <= 16 (the Net's conv2 input, 6 channels; depthwise)
+    dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1),
+    # C/groups <= 32
+    dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=3),
+    # C/groups > 32
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+]
+
+# Weight gradient: split-K GEMM, M = K/groups, N = C/groups·R·S, reduction over N·OH·OW.
+WEIGHT_GRAD_CONFIGS = [
+    # K/groups <= 16, C/groups·R·S <= 32 (the Net's conv1: 6 x 27)
+    dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=3),
+    # K/groups <= 16, wider C/groups·R·S (the Net's conv2: 16 x 54)
+    dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
+    # K/groups > 16
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3),
+]
+
+# Bias gradient: split reduction of dy over N·OH·OW, BLOCK_K channels per program.
+BIAS_GRAD_CONFIGS = [
+    # few channels (the Net: 6, 16)
+    dict(BLOCK_P=128, BLOCK_K=16, num_warps=4),
+    # many channels
+    dict(BLOCK_P=32, BLOCK_K=64, num_warps=4),
+]
+
+# Fixed-order reduction of split-K partial sums (weight gradient and bias gradient): elementwise.
+REDUCE_CONFIG = dict(BLOCK=256, num_warps=4)
+
+
+def choose_forward(size: GemmSize) -> int:
+    """Direct FMA path for small C/groups·R·S and K/groups, GEMM otherwise; the larger BLOCK_M
+    once there are enough pixels for four waves of programs at it."""
+    if size.red <= 64 and size.N <= 32:
+        return 1 if size.M >= 256 * SPLIT_TARGET_PROGRAMS else 0
+    if size.N <= 32:
+        return 3 if size.M >= 128 * SPLIT_TARGET_PROGRAMS else 2
+    return 4
+
+
+def direct_block_n(kg: int) -> int:
+    """BLOCK_N of the direct forward: every output channel of the group in one tile, up to 32."""
+    return min(32, next_pow2(kg))
+
+
+def choose_input_grad(size: GemmSize) -> int:
+    """By C/groups, the GEMM's N."""
+    return 0 if size.N <= 16 else 1 if size.N <= 32 else 2
+
+
+def choose_weight_grad(size: GemmSize) -> int:
+    """By K/groups (M) and C/groups·R·S (N)."""
+    if size.M <= 16:
+        return 0 if size.N <= 32 else 1
+    return 2
+
+
+def choose_bias_grad(channels: int) -> int:
+    """By the number of output channels K."""
+    return 0 if channels <= 16 else 1

@@ -1,0 +1,187 @@
+"""conv2d forward: a direct FMA kernel for small channel counts and an implicit GEMM on tensor cores."""
+import triton
+import triton.language as tl
+
+from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channels_inner, choose_config, dot_args,
+                       in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile, program_ids, reduction_tile,
+                       window_start)
+from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n
+from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
+
+
+@triton.jit
+def _conv2d_forward_direct_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, H, W, OH, OW, Kg, R, S,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_xn, s_xc, s_xh, s_xw, s_wk, s_wc, s_wr, s_ws, s_b, s_yn, s_yk, s_yh, s_yw,
+    Cg: tl.constexpr, HAS_BIAS: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Direct convolution for small channel counts: the forward GEMM (M = N·OH·OW pixels, N = K/groups
+    # channels, reduction over C/groups·R·S) done as rank-1 FP32 FMA updates. With C/groups·R·S = 27
+    # or 54 and K/groups = 6 or 16 (the Net), implicit-GEMM tiles are mostly padding (MMA wants
+    # 16-wide N and K tiles: 2.7x wasted work for K = 6) and the im2col gather costs an address and a
+    # mask per A element; the layer is bound by memory and latency, not FLOPs. Here each output
+    # pixel's input taps are addressed once per (r, s) and plain FP32 FMAs do the math, exactly (no
+    # TF32).
+    # Program (pid_m, pid_n, g) owns BLOCK_M output pixels m = (n, oh, ow) x BLOCK_N output channels
+    # of group g: 128 threads hold the BLOCK_M x BLOCK_N fp32 accumulator in registers, one pixel
+    # row (BLOCK_M = 128) or two (256) and all BLOCK_N channels per thread. A runtime loop over the
+    # taps (r, s) computes the input position and padding mask once; the channel loop (Cg
+    # constexpr, unrolled) then costs per c one gather of x (BLOCK_M x 1, L1-resident after the
+    # first tap), one broadcast load of w[k, c, r, s] (1 x BLOCK_N, the same address in every
+    # thread, row index clamped so no mask is needed) and a rank-1 FMA update. Bias is added in
+    # fp32; y is written once in its dtype.
+    pid_m, pid_n, g = program_ids(INT64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
+    mask_m = offs_m < M
+    n, oh, ow = pixel_decode(offs_m, OH, OW)
+    ih0, iw0 = window_start(oh, ow, stride_h, stride_w, pad_h, pad_w)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    mask_n = offs_n < Kg
+    k = g * Kg + offs_n
+
+    x_base = x_ptr + n * s_xn + (g * Cg) * s_xc
+    w_base = w_ptr + (g * Kg + tl.minimum(offs_n, Kg - 1)) * s_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for rs in range(0, R * S):
+        r = rs // S
+        s = rs - r * S
+        ih = ih0 + r * dil_h
+        iw = iw0 + s * dil_w
+        mask_x = in_image(mask_m, ih, iw, H, W)
+        x_ptrs = x_base + ih * s_xh + iw * s_xw
+        w_ptrs = w_base + r * s_wr + s * s_ws
+        for c in tl.static_range(Cg):
+            xv = tl.load(x_ptrs, mask=mask_x, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptrs).to(tl.float32)
+            acc += xv * wv
+            x_ptrs += s_xc
+            w_ptrs += s_wc
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k * s_b, mask=mask_n, other=0.0).to(tl.float32)
+    y_ptrs = y_ptr + n * s_yn + oh * s_yh + ow * s_yw + k * s_yk
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
+
+
+@triton.jit
+def _conv2d_forward_gemm_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, H, W, OH, OW, Cg, Kg, R, S,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_xn, s_xc, s_xh, s_xw, s_wk, s_wc, s_wr, s_ws, s_b, s_yn, s_yk, s_yh, s_yw,
+    HAS_BIAS: tl.constexpr, C_INNER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Implicit GEMM (gemm.py, forward): M = N·OH·OW output pixels, N = K/groups output channels of
+    # group g (grid axis 2), reduction over C/groups·R·S. Program (pid_m, pid_n, g) owns a BLOCK_M x
+    # BLOCK_N tile of y with its fp32 accumulator in registers. Each step gathers the im2col tile A
+    # (BLOCK_M x BLOCK_K, x at ih = oh*sh - pt + r*dh, iw = ow*sw - pl + s*dw, zero outside the
+    # image) and the weight tile B (BLOCK_K x BLOCK_N) and feeds tl.dot (tensor cores; fp32 in TF32
+    # or exact "ieee"). The reduction index runs over (c, r, s), or (r, s, c) when C_INNER
+    # (channels_last x, where c is the contiguous dimension). Bias is added in fp32; y is written
+    # once in its dtype.
+    pid_m, pid_n, g = program_ids(INT64)
+
+    n, oh, ow, mask_m = pixel_tile(pid_m * BLOCK_M, M, OH, OW, BLOCK_M)
+    ih0, iw0 = window_start(oh, ow, stride_h, stride_w, pad_h, pad_w)
+    x_base = x_ptr + n * s_xn + (g * Cg) * s_xc
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Kg
+    k = g * Kg + offs_n
+    w_base = w_ptr + k * s_wk
+
+    RS = R * S
+    CRS = Cg * RS
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk0 in range(0, CRS, BLOCK_K):
+        c, r, s, mask_k = reduction_tile(kk0, Cg, RS, S, C_INNER, INT64, BLOCK_K)
+        ih = ih0[:, None] + (r * dil_h)[None, :]
+        iw = iw0[:, None] + (s * dil_w)[None, :]
+        mask_a = in_image(mask_m[:, None] & mask_k[None, :], ih, iw, H, W)
+        a = tl.load(x_base[:, None] + (c * s_xc)[None, :] + ih * s_xh + iw * s_xw, mask=mask_a, other=0.0)
+        b = tl.load(w_base[None, :] + (c * s_wc + r * s_wr + s * s_ws)[:, None],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, DOT_PRECISION, DOT_FP32)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k * s_b, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + (n * s_yn + oh * s_yh + ow * s_yw)[:, None] + (k * s_yk)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size, *,
+                   channels_last=False, allow_tf32=False, config=None):
+    """conv2d forward.
+
+    x (N, C, H, W), weight (K, C//groups, R, S), bias (K,) or None, stride/dilation (h, w),
+    padding (pad_top, pad_left), out_size (OH, OW). Returns y (N, K, OH, OW) in x.dtype
+    (channels_last memory format when ``channels_last``) with, for g = k // (K//groups),
+    ``y[n,k,oh,ow] = bias[k] + sum_{c<C//groups, r<R, s<S} x[n, g*C//groups + c, oh*sh - pt + r*dh,
+    ow*sw - pl + s*dw] * weight[k, c, r, s]``, x read as zero outside [0, H) x [0, W), accumulated in
+    float32. float32 inputs use TF32 tensor cores only when ``allow_tf32`` and the GEMM path is
+    taken (the direct path is exact fp32). ``config``: index into ``FORWARD_CONFIGS`` or a dict.
+    """
+    n_, c_, h, w = x.shape
+    k_, cg, r, s = weight.shape
+    oh, ow = out_size
+    y = new_empty((n_, k_, oh, ow), dtype=x.dtype, device=x.device, channels_last=channels_last)
+    if y.numel() == 0:
+        return y
+    size = implicit_gemm_problem_size(FORWARD, ConvProblem(n_, c_, h, w, k_, r, s, oh, ow, groups))
+    m, kg = size.M, size.N
+    cfg = choose_config(FORWARD_CONFIGS, config, lambda: choose_forward(size))
+    has_bias = bias is not None
+    b = bias if has_bias else weight
+    s_b = bias.stride(0) if has_bias else 0
+    common = (x, weight, b, y)
+    geometry = (*stride, *padding, *dilation,
+                *x.stride(), *weight.stride(), s_b, *y.stride())
+    int64 = needs_int64(x, weight, y)
+    if cfg["kind"] == "direct":
+        block_n = cfg.get("BLOCK_N", direct_block_n(kg))
+        grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, block_n), groups)
+        _conv2d_forward_direct_kernel[grid](
+            *common, m, h, w, oh, ow, kg, r, s, *geometry,
+            Cg=cg, HAS_BIAS=has_bias, INT64=int64,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    else:
+        grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
+        _conv2d_forward_gemm_kernel[grid](
+            *common, m, h, w, oh, ow, cg, kg, r, s, *geometry,
+            HAS_BIAS=has_bias, C_INNER=channels_inner(x),
+            **dot_args(x.dtype, allow_tf32), INT64=int64,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y
+
+
+def aot_specs():
+    """Every forward config x dtype: direct for the Net's conv1 (3 -> 6) and conv2 (6 -> 16), 3x3;
+    GEMM in both layouts (NCHW, channels_last) and, for float32, both precisions."""
+    specs = []
+    for dt in TL_DTYPE.values():
+        pointers = dict(x_ptr=f"*{dt}", w_ptr=f"*{dt}", b_ptr=f"*{dt}", y_ptr=f"*{dt}")
+        for cfg in (c for c in FORWARD_CONFIGS if c["kind"] == "direct"):
+            for cg, kg in ((3, 6), (6, 16)):
+                consts = dict(Cg=cg, HAS_BIAS=True, INT64=False, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=direct_block_n(kg))
+                name = f"conv2d_forward_direct/{dt}/C{cg}-K{kg}-{aot_tag(consts, ('BLOCK_M', 'BLOCK_N'))}"
+                specs.append(aot_spec(name, _conv2d_forward_direct_kernel, pointers, consts,
+                                      cfg["num_warps"], cfg["num_stages"]))
+        for cfg in (c for c in FORWARD_CONFIGS if c["kind"] == "gemm"):
+            for prec in aot_precisions(dt):
+                for c_inner in (False, True):
+                    tiles = dict((key, cfg[key]) for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                    consts = dict(HAS_BIAS=True, C_INNER=c_inner, DOT_PRECISION=prec, DOT_FP32=False, INT64=False,
+                                  **tiles)
+                    name = f"conv2d_forward_gemm/{dt}/{prec}/{'nhwc' if c_inner else 'nchw'}/{aot_tag(tiles, tiles)}"
+                    specs.append(aot_spec(name, _conv2d_forward_gemm_kernel, pointers, consts,
+                                          cfg["num_warps"], cfg["num_stages"]))
+    return specs

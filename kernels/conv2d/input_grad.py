@@ -1,0 +1,102 @@
+"""conv2d's gradient with respect to its input: an implicit GEMM that gathers dy (no atomics)."""
+import triton
+import triton.language as tl
+
+from .._common import (cdiv, channels_inner, choose_config, dot_args, mma,
+                       needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
+from .configs import INPUT_GRAD_CONFIGS, choose_input_grad
+from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
+from .grad_out import aot_specs_per_source, grad_source, load_grad_out
+
+
+@triton.jit
+def _conv2d_input_grad_kernel(
+    go_ptr, gp_ptr, pos_ptr, w_ptr, gi_ptr,
+    M, H, W, OH, OW, Cg, Kg, R, S, PH, PW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
+    s_wk, s_wc, s_wr, s_ws, s_in, s_ic, s_ih, s_iw, K_INNER: tl.constexpr,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Implicit GEMM for grad_input (gemm.py, input_grad): M = N·H·W input pixels, N = C/groups input
+    # channels of group g (grid axis 2), reduction over K/groups·R·S. Program (pid_m, pid_n, g) owns
+    # a BLOCK_M x BLOCK_N tile of grad_input with its fp32 accumulator in registers, so every
+    # element is written once (no atomics). A step gathers A (BLOCK_M x BLOCK_K): dy[n, k, oh, ow]
+    # with oh = (h + pt - r*dh)/sh, ow = (w + pl - s*dw)/sw where both divisions are exact and in
+    # range (zero otherwise; rebuilt from the pooled gradient when POOL, see grad_out.py), and B
+    # (BLOCK_K x BLOCK_N): w[k, c, r, s], then tl.dot. The reduction index runs over (k, r, s), or
+    # (r, s, k) when K_INNER (channels_last dy).
+    pid_m, pid_n, g = program_ids(INT64)
+
+    n, ih, iw, mask_m = pixel_tile(pid_m * BLOCK_M, M, H, W, BLOCK_M)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Cg
+    cin = g * Cg + offs_n
+
+    RS = R * S
+    KRS = Kg * RS
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk0 in range(0, KRS, BLOCK_K):
+        kl, r, s, mask_k = reduction_tile(kk0, Kg, RS, S, K_INNER, INT64, BLOCK_K)
+        k = g * Kg + kl
+        oh_num = (ih + pad_h)[:, None] - (r * dil_h)[None, :]
+        ow_num = (iw + pad_w)[:, None] - (s * dil_w)[None, :]
+        oh = oh_num // stride_h
+        ow = ow_num // stride_w
+        mask_a = ((mask_m[:, None] & mask_k[None, :]) & (oh_num >= 0) & (ow_num >= 0)
+                  & (oh_num % stride_h == 0) & (ow_num % stride_w == 0) & (oh < OH) & (ow < OW))
+        a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
+                          pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[:, None], k[None, :], oh, ow,
+                          mask_a, POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
+        b = tl.load(w_ptr + (k * s_wk + r * s_wr + s * s_ws)[:, None] + (offs_n * s_wc)[None, :],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a.to(b.dtype), b, acc, DOT_PRECISION, DOT_FP32)
+
+    gi_ptrs = gi_ptr + (n * s_in + ih * s_ih + iw * s_iw)[:, None] + (cin * s_ic)[None, :]
+    tl.store(gi_ptrs, acc.to(gi_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, groups, *,
+                      channels_last=False, allow_tf32=False, config=None, pool=None):
+    """Gradient of conv2d with respect to its input.
+
+    grad_out (N, K, OH, OW), weight (K, C//groups, R, S), input_size (H, W), geometry as in
+    ``conv2d_forward``. Returns grad_input (N, C, H, W), C = groups * (C//groups), in grad_out.dtype
+    (weight.dtype when ``pool`` is given), channels_last memory format when ``channels_last``:
+    ``gi[n,c,h,w] = sum_{k in group(c), r, s} dy[n, k, (h + pt - r*dh)/sh, (w + pl - s*dw)/sw] *
+    weight[k, c - g*C//groups, r, s]`` over the terms where both divisions are exact and land in
+    [0, OH) x [0, OW); accumulated in float32, deterministic. With ``pool`` (see grad_out.py)
+    ``grad_out`` is None and dy is rebuilt from the pooled gradient; N is
+    grad_pooled.shape[0] and (OH, OW) = conv_out_size. ``config``: index into
+    ``INPUT_GRAD_CONFIGS`` or a dict.
+    """
+    tensors, go_strides, pooled_size, pool_consts, (n_, k_, oh, ow) = grad_source(grad_out, pool)
+    _, cg, r, s = weight.shape
+    h, w = input_size
+    dtype = weight.dtype if pool is not None else grad_out.dtype
+    gi = new_empty((n_, groups * cg, h, w), dtype=dtype, device=weight.device,
+                   channels_last=channels_last)
+    if gi.numel() == 0:
+        return gi
+    size = implicit_gemm_problem_size(INPUT_GRAD, ConvProblem(n_, groups * cg, h, w, k_, r, s, oh, ow, groups))
+    cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(size))
+    grid = (cdiv(size.M, cfg["BLOCK_M"]), cdiv(cg, cfg["BLOCK_N"]), groups)
+    _conv2d_input_grad_kernel[grid](
+        *tensors, weight, gi,
+        size.M, h, w, oh, ow, cg, k_ // groups, r, s, *pooled_size,
+        *stride, *padding, *dilation, *go_strides, *weight.stride(), *gi.stride(),
+        K_INNER=channels_inner(tensors[1]), **pool_consts,
+        **dot_args(weight.dtype, allow_tf32),
+        INT64=needs_int64(*tensors, weight, gi),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return gi
+
+
+def aot_specs():
+    """Every config x dtype x dy source x precision (``aot_specs_per_source``), NCHW dy."""
+    return aot_specs_per_source("conv2d_input_grad", _conv2d_input_grad_kernel, INPUT_GRAD_CONFIGS,
+                                dict(w_ptr="*{dt}", gi_ptr="*{dt}"), dict(K_INNER=False))
