@@ -77,7 +77,9 @@ void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel) {
   CNNFAST_DISPATCH(conv_relu_maxpool2d_forward_impl, a, parallel);
 }
 
-void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel) { CNNFAST_DISPATCH(max_pool2d_forward_impl, a, parallel); }
+void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel) {
+  CNNFAST_DISPATCH(max_pool2d_forward_impl, a, parallel);
+}
 
 void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel) {
   CNNFAST_DISPATCH(conv_weight_grad_impl, a, parallel);
