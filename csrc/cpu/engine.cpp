@@ -1,7 +1,8 @@
-// Builds the vector engine (engine.h) once per instruction set and picks one at run time: AVX2+FMA
-// where the CPU has it, else a baseline build with the compiler's default flags. The AVX2 copy is
-// compiled under a target pragma, so the package needs no -march flag and runs on any x86-64 (and,
-// with only the baseline copy, on any other CPU). CNNFAST_CPU_ISA=baseline forces the baseline.
+// Builds the vector engine (engine.h, which includes engine/) once per instruction set and picks one at
+// run time: AVX2+FMA where the CPU has it, else a baseline build with the compiler's default flags. The
+// AVX2 copy is compiled under a target pragma, so the package needs no -march flag and runs on any
+// x86-64 (and, with only the baseline copy, on any other CPU). CNNFAST_CPU_ISA=baseline forces the
+// baseline.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -73,13 +74,15 @@ int isa() {
 void conv_forward(const ConvFwdArgs& a, ParallelFn parallel) { CNNFAST_DISPATCH(conv_forward_impl, a, parallel); }
 
 void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel) {
-  CNNFAST_DISPATCH(fused_forward_impl, a, parallel);
+  CNNFAST_DISPATCH(conv_relu_maxpool2d_forward_impl, a, parallel);
 }
 
-void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel) { CNNFAST_DISPATCH(max_pool_impl, a, parallel); }
+void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel) {
+  CNNFAST_DISPATCH(max_pool2d_forward_impl, a, parallel);
+}
 
 void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel) {
-  CNNFAST_DISPATCH(weight_grad_impl, a, parallel);
+  CNNFAST_DISPATCH(conv_weight_grad_impl, a, parallel);
 }
 
 const char* engine_isa() { return isa() == 1 ? "avx2" : "baseline"; }

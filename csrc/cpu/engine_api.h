@@ -1,7 +1,8 @@
 // The CPU vector engine's interface: plain structs of float32 pointers and int64 strides, no ATen.
-// engine.cpp compiles the engine once per instruction set (AVX-512, AVX2+FMA, baseline) and picks one
-// at run time; the ATen glue (conv2d.cpp, conv_relu_maxpool2d.cpp) converts dtypes and layouts, and
-// supplies the thread pool through `ParallelFn`.
+// engine.cpp compiles the engine (engine.h, engine/) twice, for AVX2+FMA and for the compiler's
+// baseline, and picks one at run time; the ATen glue (conv2d.cpp, max_pool2d.cpp,
+// conv_relu_maxpool2d.cpp, glue.h) converts dtypes and layouts, and supplies the thread pool through
+// `ParallelFn`.
 #pragma once
 
 #include <cstdint>
@@ -88,7 +89,7 @@ void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel);
 void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel);
 void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel);
 
-// Which instruction set the engine runs on here ("avx512", "avx2", "baseline").
+// Which instruction set the engine runs on here: "avx2" or "baseline".
 const char* engine_isa();
 
 }  // namespace cpu
