@@ -1,6 +1,6 @@
 // conv2d on the CPU: forward, input gradient (a forward convolution of the zero-upsampled dy with the
 // flipped, transposed weight: common/geometry.h's input_grad_as_forward), weight gradient (split over
-// fixed batch chunks, reduced in order) and bias gradient. The arithmetic is engine.h's; this file
+// fixed batch chunks, reduced in order) and bias gradient. The arithmetic is the engine's (engine.h, engine/); this file
 // converts dtypes and fills the arguments. input_grad and weight_grad also serve the fused op, whose
 // dy is an Unpooled (engine_api.h).
 #include <torch/library.h>
@@ -14,7 +14,7 @@ namespace cpu {
 void input_grad(const ConvGeom& f, const View4& dy, const Unpooled* u, const at::Tensor& weight, const at::Tensor& out) {
   const at::Tensor wt = flipped_weight(as_float(weight), f.groups);
   FloatOut y(out);
-  ConvFwdArgs a;
+  Conv2dForwardArgs a;
   a.x = dy;
   a.x_unpool = u;
   a.Hx = f.OH, a.Wx = f.OW, a.up_h = f.sh, a.up_w = f.sw;
@@ -36,7 +36,7 @@ void weight_grad(const ConvGeom& g, const at::Tensor& x, const View4& dy, const 
     gw.zero_();
   } else {
     const at::Tensor xf = as_float(x);
-    WeightGradArgs a;
+    Conv2dWeightGradArgs a;
     a.x = view4(xf);
     a.dy = dy;
     a.dy_unpool = u;
@@ -53,7 +53,7 @@ void conv2d_forward(const Conv2dForward& a) {
   const at::Tensor xf = as_float(a.x), wf = as_float(a.weight).contiguous();
   const at::Tensor bf = a.bias.has_value() ? as_float(*a.bias).contiguous() : at::Tensor();
   FloatOut y(a.out);
-  ConvFwdArgs f;
+  Conv2dForwardArgs f;
   f.x = view4(xf);
   f.Hx = a.g.H, f.Wx = a.g.W, f.up_h = 1, f.up_w = 1;
   f.w = wf.data_ptr<float>();

@@ -1,8 +1,8 @@
-// The fused conv2d + bias + ReLU + max_pool2d on the CPU. Forward: engine.h's fused_body computes the
+// The fused conv2d + bias + ReLU + max_pool2d on the CPU. Forward: engine/conv_relu_maxpool2d.h computes the
 // conv rows of each pool window into a row buffer and pools them there; only the pooled output and the
 // compact window position `pos` are written. Backward: the conv2d gradients of conv2d.cpp, whose
-// engine rebuilds each row of the conv-output gradient from (grad, pos) where it packs it (engine.h's
-// unpool_row: a gather, no atomics), so that gradient never exists in memory; the bias gradient sums the
+// engine rebuilds each row of the conv-output gradient from (grad, pos) where it packs it (engine/pack.h's
+// pack_unpooled: a gather, no atomics), so that gradient never exists in memory; the bias gradient sums the
 // kept pooled gradients straight from (grad, pos).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -21,7 +21,7 @@ void conv_relu_maxpool2d_forward(const ConvReluMaxPool2dForward& a) {
   const at::Tensor xf = as_float(c.x), wf = as_float(c.weight).contiguous();
   const at::Tensor bf = c.bias.has_value() ? as_float(*c.bias).contiguous() : at::Tensor();
   FloatOut y(c.out);
-  FusedFwdArgs f;
+  ConvReluMaxpool2dForwardArgs f;
   f.conv.x = view4(xf);
   f.conv.Hx = c.g.H, f.conv.Wx = c.g.W, f.conv.up_h = 1, f.conv.up_w = 1;
   f.conv.w = wf.data_ptr<float>();

@@ -71,18 +71,18 @@ int isa() {
 #define CNNFAST_DISPATCH(fn, ...) baseline::fn(__VA_ARGS__)
 #endif
 
-void conv_forward(const ConvFwdArgs& a, ParallelFn parallel) { CNNFAST_DISPATCH(conv_forward_impl, a, parallel); }
+void conv_forward(const Conv2dForwardArgs& a, ParallelFn parallel) { CNNFAST_DISPATCH(conv2d_forward_impl, a, parallel); }
 
-void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel) {
+void conv_relu_maxpool2d_forward(const ConvReluMaxpool2dForwardArgs& a, ParallelFn parallel) {
   CNNFAST_DISPATCH(conv_relu_maxpool2d_forward_impl, a, parallel);
 }
 
-void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel) {
+void max_pool2d_forward(const MaxPool2dForwardArgs& a, ParallelFn parallel) {
   CNNFAST_DISPATCH(max_pool2d_forward_impl, a, parallel);
 }
 
-void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel) {
-  CNNFAST_DISPATCH(conv_weight_grad_impl, a, parallel);
+void conv_weight_grad(const Conv2dWeightGradArgs& a, ParallelFn parallel) {
+  CNNFAST_DISPATCH(conv2d_weight_grad_impl, a, parallel);
 }
 
 const char* engine_isa() { return isa() == 1 ? "avx2" : "baseline"; }

@@ -22,7 +22,7 @@
 #include "engine/vector.h"               // vf, loads and stores, PyTorch's max rule in lanes
 #include "engine/pack.h"                 // work items, Scratch; pack, pack_unpooled, PackedWeights
 #include "engine/conv_rows.h"            // conv forward along the output row
-#include "engine/conv_channels.h"        // the channel tile; conv forward across channels: conv_forward_impl
+#include "engine/conv_channels.h"        // the channel tile; conv forward across channels: conv2d_forward_impl
 #include "engine/max_pool2d.h"           // max-pool tap passes; max_pool2d_forward_impl
 #include "engine/conv_relu_maxpool2d.h"  // fused forward, both layouts: conv_relu_maxpool2d_forward_impl
-#include "engine/weight_grad.h"          // weight gradient, both layouts: conv_weight_grad_impl
+#include "engine/weight_grad.h"          // weight gradient, both layouts: conv2d_weight_grad_impl

@@ -41,7 +41,7 @@ using ParallelFn = void (*)(int64_t count, void* ctx, Body body);
 // ((Hx-1)*up_h+1, (Wx-1)*up_w+1); this is how the input gradient runs as a forward convolution of dy.
 // Padding (g.ph, g.pw) may be negative. w: contiguous float (K, C/groups, R, S). bias: K floats or null.
 // x_unpool: read the input as that Unpooled (the fused op's input gradient) instead of x.
-struct ConvFwdArgs {
+struct Conv2dForwardArgs {
   View4 x;
   const Unpooled* x_unpool = nullptr;
   int64_t Hx, Wx, up_h, up_w;
@@ -54,8 +54,8 @@ struct ConvFwdArgs {
 // max_pool2d(relu(round(conv(x, w) + bias))) with the pooled window position written to `pos`
 // (int8/16/32 per `pos_bytes`, same strides as `out`; null for none): i * pkw + j, or -1 where the
 // pooled value is <= 0. `round_mode`: geometry.h's RoundMode for the conv output before ReLU.
-struct FusedFwdArgs {
-  ConvFwdArgs conv;
+struct ConvReluMaxpool2dForwardArgs {
+  Conv2dForwardArgs conv;
   PoolGeom pool;  // pool.H, pool.W = conv output size
   void* pos;
   int pos_bytes;
@@ -66,7 +66,7 @@ struct FusedFwdArgs {
 // gw (contiguous float (K, C/groups, R, S)) = sum over n, oh, ow of dy[n,k,oh,ow] * x[...], split over
 // fixed chunks of the batch (a function of N only) and reduced in chunk order: bit-for-bit repeatable
 // whatever the number of threads. dy_unpool: read dy as that Unpooled (the fused op) instead of dy.
-struct WeightGradArgs {
+struct Conv2dWeightGradArgs {
   View4 x, dy;
   const Unpooled* dy_unpool = nullptr;
   float* gw;
@@ -76,7 +76,7 @@ struct WeightGradArgs {
 // max_pool2d over float32 planes: out (N, C, OH, OW) and, when idx is given, the flattened index
 // h * W + w of each chosen cell (int64, strides is0..is3), PyTorch's rule (NaN propagates, ties keep
 // the first). Planes of fewer than 2^31 elements.
-struct PoolArgs {
+struct MaxPool2dForwardArgs {
   View4 x, out;
   int64_t N, C;
   PoolGeom p;
@@ -84,10 +84,10 @@ struct PoolArgs {
   int64_t is0, is1, is2, is3;
 };
 
-void conv_forward(const ConvFwdArgs& a, ParallelFn parallel);
-void max_pool2d_forward(const PoolArgs& a, ParallelFn parallel);
-void conv_relu_maxpool2d_forward(const FusedFwdArgs& a, ParallelFn parallel);
-void conv_weight_grad(const WeightGradArgs& a, ParallelFn parallel);
+void conv_forward(const Conv2dForwardArgs& a, ParallelFn parallel);
+void max_pool2d_forward(const MaxPool2dForwardArgs& a, ParallelFn parallel);
+void conv_relu_maxpool2d_forward(const ConvReluMaxpool2dForwardArgs& a, ParallelFn parallel);
+void conv_weight_grad(const Conv2dWeightGradArgs& a, ParallelFn parallel);
 
 // Which instruction set the engine runs on here: "avx2" or "baseline".
 const char* engine_isa();

@@ -1,5 +1,5 @@
 // max_pool2d on the CPU: the forward (values and optional int64 indices, PyTorch's rule) in the vector
-// engine (engine.h: max_pool_impl), the backward a scatter in the gather's summation order; parallel
+// engine (engine/max_pool2d.h: max_pool2d_forward_impl), the backward a scatter in the gather's summation order; parallel
 // over the N*C planes.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -58,7 +58,7 @@ void max_pool2d_forward(const MaxPool2dForward& a) {
   }
   const at::Tensor xf = as_float(x);
   FloatOut y(a.out);
-  PoolArgs f;
+  MaxPool2dForwardArgs f;
   f.x = view4(xf);
   f.out = view4(y.t);
   f.N = x.size(0), f.C = x.size(1);

@@ -20,7 +20,7 @@
 // lane). Small images are taken B at a time so that a block of weights serves enough pixels; deep
 // layers with few items split their channel blocks. The input gradient (an upsampled input) takes its
 // pixels phase by phase, each over only the taps that meet nonzero input (conv_phase).
-// conv_forward_impl, the engine's conv forward, picks this path or conv_rows.h's.
+// conv2d_forward_impl, the engine's conv forward, picks this path or conv_rows.h's.
 //
 // No include guard: engine.h includes this once per instruction set (see there).
 
@@ -116,7 +116,7 @@ static inline void load_bias(const float* bias, int64_t k0, int KV, vf* out) {
 // ---- conv forward across output channels ---------------------------------------------------------
 
 struct ConvChannelsCtx {
-  const ConvFwdArgs* a;
+  const Conv2dForwardArgs* a;
   const float* w;         // [g][crs][Kg], the reduction indices in phase order (perm)
   const int64_t* perm;    // the reduction indices (c, r, s), phase by phase
   const int64_t* istart;  // phase q's indices: perm[istart[q] .. istart[q + 1])
@@ -129,7 +129,7 @@ struct ConvChannelsCtx {
 // (r, s) with (q_h + r*dh) % up_h == 0 and (q_w + s*dw) % up_w == 0. Pixels are taken phase by phase,
 // each over its own taps: a stride-2 gradient does a quarter of the multiply-adds. (One phase, every
 // tap, when nothing is upsampled.)
-static int64_t conv_phase(const ConvFwdArgs& a, int64_t oh, int64_t ow) {
+static int64_t conv_phase(const Conv2dForwardArgs& a, int64_t oh, int64_t ow) {
   const ConvGeom& g = a.g;
   const int64_t qh = oh * g.sh - g.ph - floordiv(oh * g.sh - g.ph, a.up_h) * a.up_h;
   const int64_t qw = ow * g.sw - g.pw - floordiv(ow * g.sw - g.pw, a.up_w) * a.up_w;
@@ -138,7 +138,7 @@ static int64_t conv_phase(const ConvFwdArgs& a, int64_t oh, int64_t ow) {
 
 static void conv_channels_body(void* vctx, int64_t begin, int64_t end) {
   const ConvChannelsCtx& cx = *static_cast<ConvChannelsCtx*>(vctx);
-  const ConvFwdArgs& a = *cx.a;
+  const Conv2dForwardArgs& a = *cx.a;
   const ConvGeom& g = a.g;
   const View4& y = a.y;
   const int64_t crs = cx.Cg * g.R * g.S, nkv = cx.Kg / V, nph = a.up_h * a.up_w;
@@ -217,7 +217,7 @@ static void conv_channels_body(void* vctx, int64_t begin, int64_t end) {
   }
 }
 
-static void conv_channels_forward(const ConvFwdArgs& a, ParallelFn parallel) {
+static void conv_channels_forward(const Conv2dForwardArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
   const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S, nph = a.up_h * a.up_w;
   // The reduction indices phase by phase, and the weights in that order.
@@ -259,7 +259,7 @@ static void conv_channels_forward(const ConvFwdArgs& a, ParallelFn parallel) {
 
 // The engine's conv forward (engine_api.h's conv_forward): channel-vectorised where Kg is a multiple
 // of V, else along the rows.
-static void conv_forward_impl(const ConvFwdArgs& a, ParallelFn parallel) {
+static void conv2d_forward_impl(const Conv2dForwardArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
   if (g.Kg() % V == 0 && g.OH > 0 && g.OW > 0) return conv_channels_forward(a, parallel);
   conv_rows_forward(a, parallel);

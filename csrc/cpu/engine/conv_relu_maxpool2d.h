@@ -25,7 +25,7 @@
 
 // One pooled row of channel k: the values, and the window positions (q, or -1 where the value is
 // <= 0; `final_q`: q holds the final positions already).
-static void store_pooled(const FusedFwdArgs& a, int64_t n, int64_t k, int64_t ph, const float* best,
+static void store_pooled(const ConvReluMaxpool2dForwardArgs& a, int64_t n, int64_t k, int64_t ph, const float* best,
                          const int32_t* q, int64_t PW, bool final_q = false) {
   const View4& o = a.conv.y;
   float* dst = o.p + n * o.s0 + k * o.s1 + ph * o.s2;
@@ -66,15 +66,15 @@ static void bias_relu_row(float* r, float bias, int64_t OW, int64_t OWpad, int r
 
 struct FusedCtx {
   RowPlan pl;  // its rows: the pooled rows
-  const FusedFwdArgs* f;
-  explicit FusedCtx(const FusedFwdArgs& f_) : pl(f_.conv, f_.pool.OH), f(&f_) {}
+  const ConvReluMaxpool2dForwardArgs* f;
+  explicit FusedCtx(const ConvReluMaxpool2dForwardArgs& f_) : pl(f_.conv, f_.pool.OH), f(&f_) {}
 };
 
 static void fused_rows_body(void* vctx, int64_t begin, int64_t end) {
   const FusedCtx& cx = *static_cast<FusedCtx*>(vctx);
   const RowPlan& pl = cx.pl;
-  const FusedFwdArgs& f = *cx.f;
-  const ConvFwdArgs& a = f.conv;
+  const ConvReluMaxpool2dForwardArgs& f = *cx.f;
+  const Conv2dForwardArgs& a = f.conv;
   const ConvGeom& g = a.g;
   const PoolGeom& p = f.pool;
   const int64_t PH = p.OH, PW = p.OW;
@@ -160,7 +160,7 @@ static void fused_rows_body(void* vctx, int64_t begin, int64_t end) {
   }
 }
 
-static void fused_rows_forward(const FusedFwdArgs& f, ParallelFn parallel) {
+static void fused_rows_forward(const ConvReluMaxpool2dForwardArgs& f, ParallelFn parallel) {
   FusedCtx cx(f);
   parallel(f.conv.g.N * f.conv.g.groups * cx.pl.chunks, &cx, fused_rows_body);
 }
@@ -168,7 +168,7 @@ static void fused_rows_forward(const FusedFwdArgs& f, ParallelFn parallel) {
 // ---- fused forward across output channels --------------------------------------------------------
 
 struct FusedChannelsCtx {
-  const FusedFwdArgs* f;
+  const ConvReluMaxpool2dForwardArgs* f;
   const float* w;  // [g][crs][Kg]
   int64_t Cg, Kg, G, WP, chunks, rows_per_chunk;
   int KV, TB;
@@ -176,7 +176,7 @@ struct FusedChannelsCtx {
 
 // The pooled values of channels [k0, k0 + V) at (ph, pw), and their window positions (-1 where the
 // value is <= 0).
-static void fused_channels_store(const FusedFwdArgs& f, int64_t n, int64_t k0, int64_t ph, int64_t pw, vf best,
+static void fused_channels_store(const ConvReluMaxpool2dForwardArgs& f, int64_t n, int64_t k0, int64_t ph, int64_t pw, vf best,
                                  vi q) {
   const View4& o = f.conv.y;
   float* dst = o.p + n * o.s0 + k0 * o.s1 + ph * o.s2 + pw * o.s3;
@@ -191,8 +191,8 @@ static void fused_channels_store(const FusedFwdArgs& f, int64_t n, int64_t k0, i
 
 static void fused_channels_body(void* vctx, int64_t begin, int64_t end) {
   const FusedChannelsCtx& cx = *static_cast<FusedChannelsCtx*>(vctx);
-  const FusedFwdArgs& f = *cx.f;
-  const ConvFwdArgs& a = f.conv;
+  const ConvReluMaxpool2dForwardArgs& f = *cx.f;
+  const Conv2dForwardArgs& a = f.conv;
   const ConvGeom& g = a.g;
   const PoolGeom& p = f.pool;
   const int64_t crs = cx.Cg * g.R * g.S, NT = p.kh * p.kw, nkv = cx.Kg / V;
@@ -251,7 +251,7 @@ static void fused_channels_body(void* vctx, int64_t begin, int64_t end) {
 
 // Whether the channel-vectorised path takes this call: Kg a multiple of V, no pool padding, every
 // pool window inside the conv output, and a register tile of at least 2 taps x the channel vectors.
-static bool fused_channels_fit(const FusedFwdArgs& f) {
+static bool fused_channels_fit(const ConvReluMaxpool2dForwardArgs& f) {
   const ConvGeom& g = f.conv.g;
   const PoolGeom& p = f.pool;
   const int64_t Kg = g.Kg();
@@ -260,7 +260,7 @@ static bool fused_channels_fit(const FusedFwdArgs& f) {
   return 2 * imin(Kg / V, 4) <= CNNFAST_ACC && p.kh * p.kw >= 2;
 }
 
-static void fused_channels_forward(const FusedFwdArgs& f, ParallelFn parallel) {
+static void fused_channels_forward(const ConvReluMaxpool2dForwardArgs& f, ParallelFn parallel) {
   const ConvGeom& g = f.conv.g;
   const int64_t G = g.groups, Kg = g.Kg(), Cg = g.Cg(), crs = Cg * g.R * g.S;
   Scratch w(G * crs * Kg * 4);
@@ -278,7 +278,7 @@ static void fused_channels_forward(const FusedFwdArgs& f, ParallelFn parallel) {
 
 // The engine's fused forward (engine_api.h's conv_relu_maxpool2d_forward): channel-vectorised where it
 // fits, else along the conv rows.
-static void conv_relu_maxpool2d_forward_impl(const FusedFwdArgs& f, ParallelFn parallel) {
+static void conv_relu_maxpool2d_forward_impl(const ConvReluMaxpool2dForwardArgs& f, ParallelFn parallel) {
   if (fused_channels_fit(f)) return fused_channels_forward(f, parallel);
   fused_rows_forward(f, parallel);
 }

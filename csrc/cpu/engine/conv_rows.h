@@ -81,14 +81,14 @@ static RowFn row_fn_u(int kb, int nv) {
 // weights, the row kernel per block kind, and the split of `rows` (output or pooled rows per image
 // and group) into chunks.
 struct RowPlan {
-  const ConvFwdArgs* a;
+  const Conv2dForwardArgs* a;
   PackedWeights wp;
   int64_t G, Cg, Kg, OWpad, WP;
   RowFn fn[2];   // per block kind: full blocks of 8, the remainder
   int64_t nv[2];
   int64_t chunks, rows_per_chunk;
 
-  RowPlan(const ConvFwdArgs& a_, int64_t rows)
+  RowPlan(const Conv2dForwardArgs& a_, int64_t rows)
       : a(&a_), wp(a_.w, a_.g.groups, a_.g.Kg(), a_.g.Cg() * a_.g.R * a_.g.S) {
     const ConvGeom& g = a_.g;
     G = g.groups;
@@ -122,7 +122,7 @@ static void conv_row_blocks(const RowPlan& pl, const float* P, int64_t HP, int64
 // the row buffer, plus bias, stored.
 static void conv_rows_body(void* vctx, int64_t begin, int64_t end) {
   const RowPlan& pl = *static_cast<RowPlan*>(vctx);
-  const ConvFwdArgs& a = *pl.a;
+  const Conv2dForwardArgs& a = *pl.a;
   const ConvGeom& g = a.g;
   const int64_t HPmax = extent(pl.rows_per_chunk, g.sh, g.R, g.dh);
   Scratch P(pl.Cg * HPmax * pl.WP * 4), rows(pl.Kg * pl.OWpad * 4);
@@ -151,7 +151,7 @@ static void conv_rows_body(void* vctx, int64_t begin, int64_t end) {
   }
 }
 
-static void conv_rows_forward(const ConvFwdArgs& a, ParallelFn parallel) {
+static void conv_rows_forward(const Conv2dForwardArgs& a, ParallelFn parallel) {
   RowPlan pl(a, a.g.OH);
   parallel(a.g.N * a.g.groups * pl.chunks, &pl, conv_rows_body);
 }

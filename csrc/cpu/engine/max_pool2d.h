@@ -97,7 +97,7 @@ static void pool_tap(const float* row, int64_t col_off, int64_t psw_rt, int64_t 
 // ---- max_pool2d forward --------------------------------------------------------------------------
 
 struct MaxPool2dCtx {
-  const PoolArgs* a;
+  const MaxPool2dForwardArgs* a;
   int64_t PWs, L, E;            // cells per pooled row (padded), buffer row length, cells per plane
   const int32_t* base;          // (oh*sh - ph) * W + ow*sw - pw per cell
   const int32_t* init;          // PyTorch's initial index per cell
@@ -105,7 +105,7 @@ struct MaxPool2dCtx {
 
 static void max_pool2d_body(void* vctx, int64_t begin, int64_t end) {
   const MaxPool2dCtx& cx = *static_cast<MaxPool2dCtx*>(vctx);
-  const PoolArgs& a = *cx.a;
+  const MaxPool2dForwardArgs& a = *cx.a;
   const PoolGeom& p = a.p;
   // one buffer per window row, V * sw floats of slack for the vector reads past the last cell
   const int64_t RL = p.OH * cx.L + (V + 1) * p.sw + (p.kw - 1) * p.dw;
@@ -157,7 +157,7 @@ static void max_pool2d_body(void* vctx, int64_t begin, int64_t end) {
 }
 
 // The engine's max_pool2d forward (engine_api.h's max_pool2d_forward).
-static void max_pool2d_forward_impl(const PoolArgs& a, ParallelFn parallel) {
+static void max_pool2d_forward_impl(const MaxPool2dForwardArgs& a, ParallelFn parallel) {
   const PoolGeom& p = a.p;
   MaxPool2dCtx cx;
   cx.a = &a;

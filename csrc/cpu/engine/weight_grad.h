@@ -105,14 +105,14 @@ static WeightGradFn weight_grad_fn(int64_t kb, int ns) {
 }
 
 struct WeightGradRowsCtx {
-  const WeightGradArgs* a;
+  const Conv2dWeightGradArgs* a;
   float* ws;  // [chunk][K][crs]
   int64_t chunks, per_chunk;
 };
 
 static void weight_grad_rows_body(void* vctx, int64_t begin, int64_t end) {
   const WeightGradRowsCtx& cx = *static_cast<WeightGradRowsCtx*>(vctx);
-  const WeightGradArgs& a = *cx.a;
+  const Conv2dWeightGradArgs& a = *cx.a;
   const ConvGeom& g = a.g;
   const int64_t Cg = g.Cg(), Kg = g.Kg(), G = g.groups, crs = Cg * g.R * g.S;
   const int64_t OWp = roundup(g.OW, V);
@@ -138,7 +138,7 @@ static void weight_grad_rows_body(void* vctx, int64_t begin, int64_t end) {
 }
 
 // The chunks' partial gradients into ws ([chunk][K][crs]), per_chunk images each.
-static void weight_grad_rows(const WeightGradArgs& a, int64_t per_chunk, float* ws, ParallelFn parallel) {
+static void weight_grad_rows(const Conv2dWeightGradArgs& a, int64_t per_chunk, float* ws, ParallelFn parallel) {
   WeightGradRowsCtx cx;
   cx.a = &a;
   cx.per_chunk = per_chunk;
@@ -150,7 +150,7 @@ static void weight_grad_rows(const WeightGradArgs& a, int64_t per_chunk, float* 
 // ---- weight gradient across output channels ------------------------------------------------------
 
 struct WeightGradChannelsCtx {
-  const WeightGradArgs* a;
+  const Conv2dWeightGradArgs* a;
   float* ws;  // [chunk][K][crs]
   int64_t chunks, per_chunk, HP, WP, splits, kv_per_split;
   int KV, TB;
@@ -158,7 +158,7 @@ struct WeightGradChannelsCtx {
 
 static void weight_grad_channels_body(void* vctx, int64_t begin, int64_t end) {
   const WeightGradChannelsCtx& cx = *static_cast<WeightGradChannelsCtx*>(vctx);
-  const WeightGradArgs& a = *cx.a;
+  const Conv2dWeightGradArgs& a = *cx.a;
   const ConvGeom& g = a.g;
   const int64_t Cg = g.Cg(), Kg = g.Kg(), G = g.groups, crs = Cg * g.R * g.S, nkv = Kg / V;
   const int64_t img_floats = Cg * cx.HP * cx.WP, Mi = g.OH * g.OW, Mmax = cx.per_chunk * Mi;
@@ -210,7 +210,7 @@ static void weight_grad_channels_body(void* vctx, int64_t begin, int64_t end) {
 }
 
 // The chunks' partial gradients into ws ([chunk][K][crs]), per_chunk images each.
-static void weight_grad_channels(const WeightGradArgs& a, int64_t per_chunk, float* ws, ParallelFn parallel) {
+static void weight_grad_channels(const Conv2dWeightGradArgs& a, int64_t per_chunk, float* ws, ParallelFn parallel) {
   const ConvGeom& g = a.g;
   WeightGradChannelsCtx cx;
   cx.a = &a;
@@ -248,7 +248,7 @@ static void reduce_body(void* vctx, int64_t begin, int64_t end) {
 }
 
 // The engine's weight gradient (engine_api.h's conv_weight_grad).
-static void conv_weight_grad_impl(const WeightGradArgs& a, ParallelFn parallel) {
+static void conv2d_weight_grad_impl(const Conv2dWeightGradArgs& a, ParallelFn parallel) {
   const ConvGeom& g = a.g;
   const int64_t total = g.K * g.Cg() * g.R * g.S;
   // Batch chunks, summed separately and then in chunk order: a function of the shape only, so the
