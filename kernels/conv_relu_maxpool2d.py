@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TL_DTYPE, aot_spec, cdiv, choose_config, in_image, interpreting, max_take, mma, needs_int64,
+from ._common import (TL_DTYPE, TRITON_VERSION, aot_spec, cdiv, choose_config, in_image, interpreting, max_take, mma, needs_int64,
                       new_empty, next_pow2, pos_dtype, tap, wide, window_start)
 from .conv2d import conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
 
@@ -25,17 +25,27 @@ from .conv2d import conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
 FMA_CONFIGS = [
     dict(BLOCK_P=128, BLOCK_K=8, num_warps=4),   # many pooled pixels: Net conv1 at batch >= 150
     dict(BLOCK_P=64, BLOCK_K=8, num_warps=2),    # Net conv1 at batch 75-150, conv2 (6x6 maps) at batch >= 235
-    dict(BLOCK_P=32, BLOCK_K=8, num_warps=1),    # smaller problems: one warp per program, the most programs
+    # smaller problems: one warp per program, the most programs. Triton 3.6 spills it at one warp on
+    # sm_80 with 16-bit inputs (168 registers, 16 B of stack); two warps do not.
+    dict(BLOCK_P=32, BLOCK_K=8, num_warps=1 if TRITON_VERSION >= (3, 8) else 2),
 ]
-# BLOCK_C is for 16-bit inputs; float32 uses BLOCK_C // 2 (same bytes per tile). Tiles are kept small
-# because every element of the gathered (implicit-im2col) tiles carries its own pointer and mask:
-# larger ones spill on sm_80/sm_90.
+# BLOCK_C is for 16-bit inputs; float32 uses BLOCK_C // 2 (same bytes per tile), at least 16 (the
+# depth of a TF32 dot; `_block_c`). Tiles are kept small because every element of the gathered
+# (implicit-im2col) tiles carries its own pointer and mask: larger ones spill on sm_80/sm_90.
 DOT_CONFIGS = [
-    dict(BLOCK_P=64, BLOCK_K=32, BLOCK_C=32, num_warps=4, num_stages=3),    # general layers (many pooled pixels)
+    # general layers (many pooled pixels). Triton 3.6 spills it at BLOCK_C=32 with 16-bit inputs (255
+    # registers, 112-120 B of stack on sm_80 and sm_90); BLOCK_C=16 does not.
+    dict(BLOCK_P=64, BLOCK_K=32, BLOCK_C=32 if TRITON_VERSION >= (3, 8) else 16, num_warps=4, num_stages=3),
     dict(BLOCK_P=32, BLOCK_K=32, BLOCK_C=32, num_warps=4, num_stages=3),    # small problems; float32 without TF32
 ]
 # Every config, FMA first: ``config=`` indexes this list (tests run them all).
 CONFIGS = [dict(kind="fma", **c) for c in FMA_CONFIGS] + [dict(kind="dot", **c) for c in DOT_CONFIGS]
+
+
+def _block_c(cfg, dtype: str) -> int:
+    """A DOT config's channel slice for inputs of Triton dtype ``dtype``."""
+    return max(16, cfg["BLOCK_C"] // 2) if dtype == "fp32" else cfg["BLOCK_C"]
+
 
 _MIN_PROGRAMS = 264  # about two programs per SM on an H100 (132 SMs)
 
@@ -260,7 +270,7 @@ def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, grou
     else:
         engine = dict(DOT=True, DOT_PRECISION="tf32" if x.dtype != torch.float32 or allow_tf32 else "ieee",
                       DOT_FP32=interpreting() and x.dtype == torch.bfloat16,
-                      BLOCK_C=cfg["BLOCK_C"] // (2 if x.dtype == torch.float32 else 1), num_stages=cfg["num_stages"])
+                      BLOCK_C=_block_c(cfg, TL_DTYPE[x.dtype]), num_stages=cfg["num_stages"])
     _conv_relu_maxpool2d_forward_kernel[grid](*args, PKP=next_pow2(pool_kernel[0] * pool_kernel[1]), **engine,
                                               **common)
     return out, pos
@@ -312,7 +322,7 @@ def aot_specs():
                     cfg["num_warps"], 1))
         for ci, cfg in enumerate(DOT_CONFIGS):
             precisions = (("tf32", "ieee") if ci == 1 else ("tf32",)) if dt == "fp32" else ("tf32",)
-            block_c = cfg["BLOCK_C"] // (2 if dt == "fp32" else 1)
+            block_c = _block_c(cfg, dt)
             for precision in precisions:
                 specs.append(aot_spec(
                     f"conv_relu_maxpool2d_dot/{dt}{'-' + precision if dt == 'fp32' else ''}/r3p2-pos"
