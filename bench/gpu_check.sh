@@ -8,7 +8,8 @@
 #      off, bfloat16), the Net's training step (batch 256, 4096), ResNet-18's convolutions in bfloat16,
 #      channels_last then NCHW;
 #   3. the test suite on cuda under a time cap (SIGINT at the cap: pytest still prints its summary);
-#   4. compute-sanitizer memcheck (every GPU backend) and racecheck (the extension's CUDA kernels).
+#   4. compute-sanitizer memcheck (the extension's CUDA kernels, then Triton's) and racecheck (the CUDA
+#      kernels, whose shared memory is hand-managed).
 # One summary line per phase, after the versions, GPU, driver and commit.
 #
 #   bash bench/gpu_check.sh [--dry-run] OUTDIR [SECONDS]     # SECONDS: the whole run, default 530
@@ -68,7 +69,7 @@ phase() {
   local name=$1 cap=$2 reserve=$3; shift 3
   local limit=$(( $(left) - reserve )); (( limit > cap )) && limit=$cap
   if (( limit < 15 )); then line "$name" "skipped: no time left"; return 1; fi
-  printf '\n===== %s: %s (limit %d s)\n' "$name" "$*" >>"$LOG"
+  printf '\n===== %s: %s (limit %d s)\n' "$name" "$*" "$limit" >>"$LOG"
   local t0=$SECONDS rc
   timeout -s INT -k 15 "$limit" "$@" >>"$LOG" 2>&1; rc=$?
   local how="ok"
@@ -207,7 +208,7 @@ if wants sanitizer; then
   else
     export PYTORCH_NO_CUDA_MEMORY_CACHING=1   # real allocation bounds for memcheck
     for tool in memcheck racecheck; do
-      cap=$MEMCHECK_S reserve=$((RACECHECK_S + 5)) args=""
+      cap=$MEMCHECK_S reserve=$((RACECHECK_S + 5)) args="--backend cuda,triton"   # no JIT first
       [ "$tool" = racecheck ] && cap=$RACECHECK_S reserve=5 args="--backend cuda"
       # shellcheck disable=SC2086
       phase "$tool" "$cap" "$reserve" compute-sanitizer --tool "$tool" --error-exitcode 9 \

@@ -8,7 +8,7 @@ file imports nothing from cnnfast and torch only where a command needs it.
     check-prebuilt DIR [ARCH]    exit 0 if DIR holds an extension that the running Python and torch can
                                  use for compute capability ARCH ("90"), else 1; one line says why
     suite-line JSON              one line on a ``cnnfast bench`` result file: cases run, not run, errors,
-                                 geomean speed-ups over eager
+                                 geomean speed-ups over eager and torch.compile
     check-out OUT                exit 0 if OUT holds at most 8 files, none more than 2 folders down and
                                  none over 16 MiB (what the device machine's tool brings back), else 1
 """
@@ -65,10 +65,10 @@ def prebuilt_problem(directory, arch=None):
     given), else a sentence saying why not. Whether it loads is for the import that follows to show."""
     directory = Path(directory)
     if not (directory / INFO).is_file():
-        return f"no {INFO} in {directory}"
+        return f"no {INFO} there"
     info = json.loads((directory / INFO).read_text())
     if info.get("extension") != extension_name() or not (directory / extension_name()).is_file():
-        return f"{directory} holds {info.get('extension')}, this Python needs {extension_name()}"
+        return f"it holds {info.get('extension')}, this Python needs {extension_name()}"
     import torch
     if info.get("torch") != torch.__version__:
         return f"built against torch {info.get('torch')}, this is torch {torch.__version__}"
@@ -87,7 +87,7 @@ def check_prebuilt(directory, arch=None):
 
 
 def suite_line(path):
-    """Cases run / not run / with errors, and the geomean speed-ups over eager, of one result file."""
+    """Cases run / not run / with errors, and the geomean speed-ups (over eager, over torch.compile), of one result file."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -98,7 +98,7 @@ def suite_line(path):
                                                          if "error" in p)
     parts = [f"{len(cases)} cases run, {len(data.get('not_run', []))} not run, {errors} errors"]
     for suite, providers in data.get("geomean", {}).items():
-        parts.append(f"{suite} geomean vs eager: " + ", ".join(
+        parts.append(f"{suite} geomean: " + ", ".join(
             f"{name} {v['geomean']:.2f}x" for name, v in providers.items()))
     print("; ".join(parts))
     return 0

@@ -25,5 +25,11 @@ cd "$REPO"
 name=$("$PY" -c 'import sysconfig; print("_C" + sysconfig.get_config_var("EXT_SUFFIX"))')
 rm -f "$DIR"/_C*.so "$DIR/BUILD_INFO.json"
 strip --strip-debug -o "$DIR/$name" "$TMP/lib/cnnfast/$name"
+# It must load with this torch (an undefined symbol is an ImportError) and hold GPU code (has_cuda() also
+# needs a device, so the section is looked for instead).
+"$PY" -c 'import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("cnnfast._C", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))' "$DIR/$name"
+readelf -S "$DIR/$name" | grep -q nv_fatbin || { echo "$DIR/$name holds no CUDA code" >&2; exit 1; }
 "$PY" "$REPO/bench/gpu_check_helpers.py" write-info "$DIR" "$CNNFAST_CUDA_ARCHS"
 ls -l "$DIR"

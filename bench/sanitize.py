@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m cnnfast.bench.sanitize", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default=None, help="comma list of GPU backends (default: every one available)")
+    p.add_argument("--backend", default=None, help="comma list of GPU backends, run in that order (default: every one available)")
     p.add_argument("--dtype", default=",".join(DTYPES), help="comma list of " + ",".join(DTYPES))
     p.add_argument("--list", action="store_true", help="print the calls and exit (no GPU needed)")
     args = p.parse_args(argv)
@@ -75,8 +75,8 @@ def main(argv=None):
         print("sanitize: no CUDA device")
         return 1
     else:
-        names = [b for b in cnnfast.backends.available("cuda") if b != "torch"
-                 and (args.backend is None or b in args.backend)]
+        found = [b for b in cnnfast.backends.available("cuda") if b != "torch"]
+        names = found if args.backend is None else [b for b in args.backend if b in found]
     calls = _calls(names, args.dtype)
     failures = done = 0
     for backend, dtype, fmt, (c, k), name in calls:

@@ -67,7 +67,7 @@ def test_a_prebuilt_extension_is_used_only_for_this_python_torch_sources_and_gpu
 
 def test_suite_line_counts_cases_not_run_and_errors(tmp_path, capsys):
     data = {"cases": [{"providers": {"eager": {"ms": 1.0}, "cnnfast:cuda": {"error": "x"}}}], "not_run": ["a", "b"],
-            "geomean": {"net": {"cnnfast:cuda": {"geomean": 1.5, "cases": 1}}}}
+            "geomean": {"net": {"cnnfast:cuda vs eager": {"geomean": 1.5, "cases": 1}}}}
     (tmp_path / "s.json").write_text(json.dumps(data))
     assert helpers.suite_line(tmp_path / "s.json") == 0
-    assert capsys.readouterr().out.strip() == "1 cases run, 2 not run, 1 errors; net geomean vs eager: cnnfast:cuda 1.50x"
+    assert capsys.readouterr().out.strip() == "1 cases run, 2 not run, 1 errors; net geomean: cnnfast:cuda vs eager 1.50x"
