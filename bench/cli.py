@@ -9,6 +9,7 @@ import torch
 from . import report, roofline, runner, suites
 
 PACKAGE = Path(__file__).resolve().parent
+FORMATS = ("json", "md", "png")
 
 
 def _list(text):
@@ -42,8 +43,17 @@ def parse_args(argv=None, prog=None):
                    help="output folder (default: bench/results/<device>/ in a source checkout, else "
                         "./cnnfast-bench-results/<device>/)")
     p.add_argument("--tag", default=None, help="file name stem (default: quick or bench)")
+    p.add_argument("--formats", type=_list, default=list(FORMATS),
+                   help="comma list of what to write: json, md (Markdown), png (two plots)")
     p.add_argument("--list", action="store_true", help="print the selected cases and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for option, allowed in (("suite", suites.SUITES), ("op", suites.OPS + suites.MODEL_OPS),
+                            ("dtype", suites.DTYPES), ("layout", suites.LAYOUTS),
+                            ("direction", suites.DIRECTIONS), ("formats", FORMATS)):
+        unknown = sorted(set(getattr(args, option) or ()) - set(allowed))
+        if unknown:
+            p.error(f"--{option}: unknown {', '.join(unknown)} (choose among {', '.join(allowed)})")
+    return args
 
 
 def select(args, device):
@@ -133,16 +143,23 @@ def main(argv=None, prog=None):
             "argv": sys.argv[1:] if argv is None else list(argv), "ceilings": ceil, "providers": provider_names,
             "notes": notes(device, compile_mode, settings), "geomean": report.geomeans(records),
             "cases": records, "not_run": not_run}
-    report.write_json(out / f"{tag}.json", data)
-    (out / f"{tag}.md").write_text(report.markdown(data))
-    report.plots(data, out, tag)
+    written = []
+    if "json" in args.formats:
+        report.write_json(out / f"{tag}.json", data)
+        written.append(f"{tag}.json")
+    if "md" in args.formats:
+        (out / f"{tag}.md").write_text(report.markdown(data))
+        written.append(f"{tag}.md")
+    if "png" in args.formats:
+        report.plots(data, out, tag)
+        written += [f"{tag}-speedup.png", f"{tag}-roofline.png"]
     print()
     print(report.table(records, provider_names))
     for suite, d in data["geomean"].items():
         print(f"geomean {suite}: " + ", ".join(f"{k} {v['geomean']:.2f}× ({v['cases']})" for k, v in d.items()))
     if not_run:
         print(f"{len(not_run)} cases not run (time budget or interrupt)")
-    print(f"wrote {out}/{tag}.json, .md, -speedup.png, -roofline.png ({time.monotonic() - start:.0f} s)")
+    print(f"wrote {', '.join(written) or 'nothing'} in {out} ({time.monotonic() - start:.0f} s)")
     failed = [r["id"] for r in records for res in r["providers"].values() if "error" in res] + \
              [r["id"] for r in records if "error" in r]
     return 1 if failed else 0

@@ -68,3 +68,12 @@ def test_roofline_counts_are_positive(case):
     from cnnfast.bench import roofline
     flops, nbytes = roofline.counts(case)
     assert flops > 0 and nbytes > 0
+
+
+def test_formats_pick_what_is_written_and_unknown_names_are_refused(tmp_path):
+    args = ARGS + ["--direction", "fwd", "--providers", "eager", "--out", str(tmp_path), "--tag", "j"]
+    assert cli.main(args + ["--formats", "json"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["j.json"]
+    for option, value in (("--suite", "nett"), ("--op", "conv3d"), ("--dtype", "tf33"), ("--formats", "pdf")):
+        with pytest.raises(SystemExit):
+            cli.parse_args([option, value])
