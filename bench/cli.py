@@ -151,8 +151,7 @@ def main(argv=None, prog=None):
         (out / f"{tag}.md").write_text(report.markdown(data))
         written.append(f"{tag}.md")
     if "png" in args.formats:
-        report.plots(data, out, tag)
-        written += [f"{tag}-speedup.png", f"{tag}-roofline.png"]
+        written += [p.name for p in report.plots(data, out, tag)]
     print()
     print(report.table(records, provider_names))
     for suite, d in data["geomean"].items():

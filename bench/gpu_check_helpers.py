@@ -11,6 +11,7 @@ file imports nothing from cnnfast and torch only where a command needs it.
                                  geomean speed-ups over eager and torch.compile
     check-out OUT                exit 0 if OUT holds at most 8 files, none more than 2 folders down and
                                  none over 16 MiB (what the device machine's tool brings back), else 1
+    extension-name               the file name of cnnfast._C for the running Python (_C + EXT_SUFFIX)
 """
 import hashlib
 import json
@@ -126,7 +127,7 @@ def check_out(out):
 
 
 COMMANDS = {"write-info": write_info, "check-prebuilt": check_prebuilt, "suite-line": suite_line,
-            "check-out": check_out}
+            "check-out": check_out, "extension-name": lambda: print(extension_name()) or 0}
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ cd "$REPO"
 "$PY" -c 'import torch, sys; assert torch.version.cuda, "this torch has no CUDA"; print("building for python",
   sys.version.split()[0], "torch", torch.__version__, "sm_" + " sm_".join(sys.argv[1].split(";")))' "$CNNFAST_CUDA_ARCHS"
 "$PY" setup.py --quiet build_ext --build-lib "$TMP/lib" --build-temp "$TMP/build"
-name=$("$PY" -c 'import sysconfig; print("_C" + sysconfig.get_config_var("EXT_SUFFIX"))')
+name=$("$PY" "$REPO/bench/gpu_check_helpers.py" extension-name)
 rm -f "$DIR"/_C*.so "$DIR/BUILD_INFO.json"
 strip --strip-debug -o "$DIR/$name" "$TMP/lib/cnnfast/$name"
 # It must load with this torch (an undefined symbol is an ImportError) and hold GPU code (has_cuda() also

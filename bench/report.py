@@ -170,16 +170,19 @@ def _memory_cell(res):
 
 def plots(data: dict, directory: Path, tag: str):
     """``<tag>-speedup.png`` (per suite, speed-up over eager of each provider per case) and
-    ``<tag>-roofline.png`` (achieved TFLOP/s against arithmetic intensity, under the measured ceilings)."""
+    ``<tag>-roofline.png`` (achieved TFLOP/s against arithmetic intensity, under the measured ceilings); returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    paths = []
     for name, draw in (("speedup", _speedup_figure), ("roofline", _roofline_figure)):
         fig = draw(plt, data)
         fig.tight_layout()
-        fig.savefig(directory / f"{tag}-{name}.png", dpi=110)
+        paths.append(directory / f"{tag}-{name}.png")
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    return paths
 
 
 def _log_axes(ax, title: str, ylabel: str, xlabel=None):

@@ -76,7 +76,11 @@ def main(argv=None):
         return 1
     else:
         found = [b for b in cnnfast.backends.available("cuda") if b != "torch"]
-        names = found if args.backend is None else [b for b in args.backend if b in found]
+        names = found if args.backend is None else args.backend
+        missing = [b for b in names if b not in found]
+        if missing:
+            print(f"sanitize: backend(s) {', '.join(missing)} not available here (available: {', '.join(found)})")
+            return 1
     calls = _calls(names, args.dtype)
     failures = done = 0
     for backend, dtype, fmt, (c, k), name in calls:

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check_helpers as helpers  # noqa: E402  (a plain script: it runs before cnnfast is installed)
@@ -34,22 +32,28 @@ def test_dry_run_runs_every_phase_plumbing_and_keeps_out_within_the_limits(tmp_p
     assert "ok" in lines["tests"] and "passed" in summary
     assert "skipped" in lines["memcheck"] and "skipped" in lines["racecheck"]
     assert "within the limits" in lines["files"] and "0 failed" in summary.splitlines()[-1]
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert 0 < len(files) <= 8
-    assert all(len(p.relative_to(out).parts) <= 3 and p.stat().st_size < 16 * 2**20 for p in files)
+    assert helpers.check_out(out) == 0
 
 
-def test_out_check_counts_files_depth_and_size(tmp_path):
-    for i in range(8):
-        (tmp_path / f"f{i}").write_text("x")
-    assert helpers.check_out(tmp_path) == 0
-    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
-    (tmp_path / "a" / "b" / "c" / "deep").write_text("x")
-    assert helpers.check_out(tmp_path) == 1
+def test_out_check_counts_files_depth_and_size(tmp_path, capsys):
+    many, deep, large = (tmp_path / name for name in ("many", "deep", "large"))
+    for i in range(helpers.MAX_FILES):
+        many.mkdir(exist_ok=True)
+        (many / f"f{i}").write_text("x")
+    assert helpers.check_out(many) == 0
+    (many / "one-more").write_text("x")
+    assert helpers.check_out(many) == 1 and "9 files (at most 8)" in capsys.readouterr().out
+    (deep / "a" / "b" / "c").mkdir(parents=True)
+    (deep / "a" / "b" / "c" / "f").write_text("x")
+    assert helpers.check_out(deep) == 1 and "more than 2 folders down" in capsys.readouterr().out
+    large.mkdir()
+    with open(large / "f", "wb") as f:
+        f.truncate(helpers.MAX_BYTES + 1)
+    assert helpers.check_out(large) == 1 and "(at most 16)" in capsys.readouterr().out
 
 
-def test_a_prebuilt_extension_is_used_only_for_this_python_torch_sources_and_gpu(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
+def test_a_prebuilt_extension_is_used_only_for_this_python_torch_sources_and_gpu(tmp_path):
+    import torch
     (tmp_path / helpers.extension_name()).write_bytes(b"")
     info = {"extension": helpers.extension_name(), "torch": torch.__version__, "archs": ["90"],
             "sources_sha256": helpers.sources_digest()}
