@@ -24,10 +24,13 @@ INTERPRETER_NOTE = ("The Triton backend runs on CPU tensors only under the Trito
 
 
 def providers(device: torch.device, wanted=None):
-    """Stock eager, torch.compile and every cnnfast backend available on ``device`` (the interpreted
-    Triton backend and the emulated CUDA one excepted), filtered to ``wanted`` when given."""
-    names = [EAGER, COMPILE] + [f"cnnfast:{b}" for b in cnnfast.backends.available(device)
-                                if not (device.type == "cpu" and b in ("triton", "emulated_cuda"))]
+    """Stock eager, torch.compile, every cnnfast backend available on ``device`` (the interpreted
+    Triton backend and the emulated CUDA one excepted) and "auto", filtered to ``wanted`` when given.
+    "auto" measures its choices in its first call, the checked one, so it is timed after tuning."""
+    kernels = [b for b in cnnfast.backends.available(device)
+               if b != "torch" and not (device.type == "cpu" and b in ("triton", "emulated_cuda"))]
+    # "auto" (the tuner's choice per direction, stock PyTorch among the candidates) where it has a choice.
+    names = [EAGER, COMPILE] + [f"cnnfast:{b}" for b in kernels + ["torch"] + (["auto"] if kernels else [])]
     return [n for n in names if wanted is None or n in wanted]
 
 

@@ -26,6 +26,12 @@ def new_empty(shape, *, dtype, device, channels_last: bool = False) -> torch.Ten
     return out
 
 
+# The fused op's saved state, as every built-in backend writes it: ``pos``, one small integer per pooled
+# output (the window position of its maximum, -1 where ReLU zeroed it). A backend's backward may read
+# the state of another backend's forward only where both name the same state.
+FUSED_STATE = "pos"
+
+
 def pos_dtype(pool_kernel) -> torch.dtype:
     """The fused op's saved window position (or -1): the narrowest integer type that holds it."""
     cells = pool_kernel[0] * pool_kernel[1]

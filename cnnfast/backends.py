@@ -10,8 +10,11 @@ Backends:
               the "cuda" backend's kernels (their block programs) run on CPU tensors by the
               extension's emulator, thread by thread: slow, exact to the CUDA kernels' logic. It
               lets the test suite, and anyone changing a CUDA kernel, check it without a GPU.
-    "auto"    the fastest backend available for the tensor's device that supports the case,
-              falling back to "torch" where no fast kernel does (float64, for example).
+    "auto"    the fastest, by measurement (``cnnfast.tune``): for each case and direction every
+              backend that runs on the tensor's device, stock PyTorch included, is checked and
+              timed once, and stock PyTorch is kept unless a kernel beats it; importing cnnfast never
+              makes a layer slower. Dtypes no kernel implements (float64, say) run on "torch". With
+              ``CNNFAST_TUNE=0`` "auto" is the first available kernel backend, unmeasured.
 
 ``backend=None`` in the public API means the current default: ``use(name)`` sets it (and restores
 the previous one when used as a context manager); it starts as ``$CNNFAST_BACKEND`` or "auto".
@@ -27,7 +30,7 @@ NAMES = ("triton", "cuda", "cpu", "torch", "auto", "emulated_cuda")
 # The dtypes the hand-written kernels implement; anything else runs on "torch" under "auto".
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Preference order for "auto", per device type, fastest first.
+# The backends "auto" chooses among, per device type; unmeasured (CNNFAST_TUNE=0), the first available.
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 
@@ -135,7 +138,9 @@ def available(device="cpu") -> list:
 
 
 def resolve(backend, op: str, tensor: torch.Tensor) -> str:
-    """The concrete backend that runs ``op`` on ``tensor``: ``backend`` or the default, "auto" resolved.
+    """The backend that runs ``op`` on ``tensor``: ``backend`` or the default, checked. "auto" stays
+    "auto" where a kernel backend can run the case and the tuner chooses per call (else it is the
+    heuristic's backend, or "torch").
 
     An explicitly named backend that cannot run the case raises; "auto" falls back to "torch".
     """
@@ -146,7 +151,8 @@ def resolve(backend, op: str, tensor: torch.Tensor) -> str:
             return "torch"
         for candidate in _AUTO_ORDER.get(device.type, ()):
             if _why_unavailable(candidate, device) is None:
-                return candidate
+                # Measured per case and direction by the tuner, unless measuring is off.
+                return candidate if candidate == "torch" or not tune.enabled() else "auto"
         return "torch"
     if name == "torch":
         return name
@@ -160,21 +166,40 @@ def resolve(backend, op: str, tensor: torch.Tensor) -> str:
 
 
 def kernels(name: str):
-    """The module holding backend ``name``'s launchers (same names and signatures for every backend)."""
-    launchers = _KERNELS.get(name)
-    if launchers is None:
-        launchers = _KERNELS[name] = _import_kernels(name)
-    return launchers
+    """What the ops call for backend ``name`` (same launcher names and signatures for every backend):
+    the tuner's dispatch where it chooses ("auto"; "triton" on a GPU, among its configs), else the
+    backend's own launchers."""
+    launchers_ = _KERNELS.get(name)
+    if launchers_ is None:
+        launchers_ = _KERNELS[name] = tune.dispatch(name)
+    return launchers_
+
+
+def launchers(name: str):
+    """The module holding backend ``name``'s own launchers (``cnnfast.kernels`` for "triton",
+    ``cnnfast._stock`` for "torch", the extension's for the others)."""
+    module = _LAUNCHERS.get(name)
+    if module is None:
+        module = _LAUNCHERS[name] = _import_launchers(name)
+    return module
 
 
 _KERNELS = {}
+_LAUNCHERS = {}
 
 
-def _import_kernels(name: str):
+def _import_launchers(name: str):
     if name == "triton":
         return importlib.import_module("cnnfast.kernels")
+    if name == "torch":
+        return importlib.import_module("cnnfast._stock")
     if name in ("cuda", "cpu"):
         return importlib.import_module("cnnfast._extension")
     if name == "emulated_cuda":
         return importlib.import_module("cnnfast._extension").emulated
     raise AssertionError(name)
+
+
+# Last: the tuner builds on this module (and resolve() reads it inside torch.compile's graphs, where
+# an import cannot be traced).
+from . import tune  # noqa: E402

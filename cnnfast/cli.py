@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "train": ("cnnfast.train", "train a CNN on cnnfast's layers, or fine-tune a pretrained one"),
     "bench": ("cnnfast.bench.cli", "time the layers against cuDNN/oneDNN and torch.compile, with rooflines"),
+    "tune": ("cnnfast.tune.cli", "measure the fastest backend and config for every layer of a model, cached"),
 }
 
 _USAGE = "usage: cnnfast [-h] [--version] <command> [options]"

@@ -7,7 +7,7 @@ receive normalised arguments and trust them.
 import torch
 import torch.nn.functional as F
 
-from . import backends
+from . import backends, ops, tune
 from .ops import is_channels_last, run_conv2d, run_conv_relu_maxpool2d, run_max_pool2d, wants_grad
 
 __all__ = ["conv2d", "max_pool2d", "conv_relu_maxpool2d"]
@@ -144,6 +144,14 @@ def _check_pool_input(x, op):
                          f"input, but got: {list(x.shape)}")
 
 
+def _stock_if_fastest(name: str, launches) -> str:
+    """"torch" where "auto" measured stock PyTorch fastest in every direction of the call (it then runs
+    exactly as if cnnfast were not there), else ``name``. ``launches()``: the op module's ``launches``."""
+    if name != "auto" or torch.compiler.is_compiling():
+        return name
+    return "torch" if tune.stock_is_fastest(*launches()) else name
+
+
 # --- public functions --------------------------------------------------------------------------
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
@@ -152,12 +160,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     x, unbatched = _batched(input, op)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
     stride_, pad, dilation_, out_size = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    name = backends.resolve(backend, op, x)
+    args = (x, weight, bias, stride_, pad, dilation_, groups, out_size, is_channels_last(x) or is_channels_last(weight),
+            torch.backends.cudnn.allow_tf32)
+    name = _stock_if_fastest(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args))
     if name == "torch":
         out = F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_, groups)
     else:
-        out = run_conv2d(x, weight, bias, stride_, pad, dilation_, groups, out_size,
-                         is_channels_last(x) or is_channels_last(weight), torch.backends.cudnn.allow_tf32, name)
+        out = run_conv2d(*args, name)
     return out.squeeze(0) if unbatched else out
 
 
@@ -169,14 +178,15 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     _check_pool_input(x, op)
     kernel_size, stride, padding, dilation, out_size = _pool_geometry(
         x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode, x.shape[1], op)
-    name = backends.resolve(backend, op, x)
+    args = (x, kernel_size, stride, padding, dilation, out_size, is_channels_last(x))
+    with_indices = return_indices or wants_grad(x)
+    name = _stock_if_fastest(backends.resolve(backend, op, x),
+                             lambda: ops.max_pool2d.launches(*args, with_indices=with_indices))
     if name == "torch":
         result = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                               return_indices=return_indices)
     else:
-        args = (x, kernel_size, stride, padding, dilation, out_size, is_channels_last(x), name)
-        with_indices = return_indices or wants_grad(x)
-        result = run_max_pool2d(*args, with_indices=with_indices)
+        result = run_max_pool2d(*args, name, with_indices=with_indices)
         if with_indices and not return_indices:
             result = result[0]
     if unbatched:
@@ -197,16 +207,16 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     stride_, pad, dilation_, conv_out = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     pool_kernel, pool_stride, pool_pad, pool_dilation, out_size = _pool_geometry(
         conv_out, pool_kernel_size, pool_stride, pool_padding, pool_dilation, pool_ceil_mode, weight.shape[0], op)
-    name = backends.resolve(backend, op, x)
+    args = (x, weight, bias, stride_, pad, dilation_, groups, conv_out, pool_kernel, pool_stride, pool_pad,
+            pool_dilation, out_size, is_channels_last(x) or is_channels_last(weight), torch.backends.cudnn.allow_tf32)
+    with_pos = wants_grad(x, weight, bias)
+    name = _stock_if_fastest(backends.resolve(backend, op, x),
+                             lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos))
     if name == "torch":
         y = F.relu(F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_,
                             groups))
         out = F.max_pool2d(y, pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
     else:
-        args = (x, weight, bias, stride_, pad, dilation_, groups, conv_out, pool_kernel, pool_stride, pool_pad,
-                pool_dilation, out_size, is_channels_last(x) or is_channels_last(weight),
-                torch.backends.cudnn.allow_tf32, name)
-        with_pos = wants_grad(x, weight, bias)
-        out = run_conv_relu_maxpool2d(*args, with_pos=with_pos)
+        out = run_conv_relu_maxpool2d(*args, name, with_pos=with_pos)
         out = out[0] if with_pos else out
     return out.squeeze(0) if unbatched else out

@@ -2,6 +2,7 @@
 to test, tolerances per dtype and the float64 comparison every test uses."""
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -11,6 +12,10 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 # Every kernel output starts as NaN (-1 for integer outputs) so an unwritten element cannot pass.
 os.environ["CNNFAST_POISON"] = "1"
+# No test depends on real timings: "auto" is the unmeasured heuristic unless a test turns the tuner on
+# (tests/test_tune.py, with a fake timer), and no test writes the user's cache.
+os.environ["CNNFAST_TUNE"] = "0"
+os.environ["CNNFAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnfast-test-cache-")
 
 import pytest  # noqa: E402
 

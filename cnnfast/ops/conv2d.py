@@ -6,6 +6,7 @@ output size given explicitly, which is how asymmetric 'same' padding reaches the
 """
 from typing import List, Optional
 
+import torch
 from torch import Tensor
 
 from ..backends import kernels
@@ -74,3 +75,25 @@ def run_conv2d(x, weight, bias, *args):
     """``conv2d`` (the custom op's arguments): the eager path or the custom op."""
     function = _Conv2dFunction if wants_grad(x, weight, bias) else None
     return run(conv2d, function, (x, weight, bias), (x, weight, bias, *args))
+
+
+def launches(x, weight, bias, stride, padding, dilation, groups, out_size, channels_last, allow_tf32):
+    """The forward's launcher call ``(launcher, args, kwargs)`` and a function listing those of the
+    backward it records (on a stand-in output gradient): what the tuner measures before the first call."""
+    forward = ("conv2d_forward", (x, weight, bias, stride, padding, dilation, groups, out_size),
+               dict(channels_last=channels_last, allow_tf32=allow_tf32))
+
+    def gradients():
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        grad = torch.randn((x.shape[0], weight.shape[0], *out_size), dtype=x.dtype, device=x.device).contiguous(
+            memory_format=fmt)
+        conv, options = (stride, padding, dilation, groups), dict(allow_tf32=allow_tf32)
+        if x.requires_grad:
+            yield ("conv2d_input_grad", (grad, weight, x.shape[2:], *conv),
+                   dict(channels_last=is_channels_last(x), **options))
+        if weight.requires_grad:
+            yield ("conv2d_weight_grad", (x, grad, weight.shape, *conv),
+                   dict(channels_last=is_channels_last(weight), **options))
+        if bias is not None and bias.requires_grad:
+            yield ("conv2d_bias_grad", (grad,), {})
+    return forward, gradients

@@ -13,8 +13,10 @@ gradients directly on every backend.
 """
 from typing import List, Optional
 
+import torch
 from torch import Tensor
 
+from .. import _stock as stock
 from .._outputs import pos_dtype
 from ..backends import kernels
 from ._common import custom_op, empty, is_channels_last, register_autograd, run
@@ -124,3 +126,20 @@ def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):
     if with_pos:
         return run(conv_relu_maxpool2d_with_pos, _ConvReluMaxpool2dFunction, tensors, (*tensors, *args))
     return run(conv_relu_maxpool2d, None, tensors, (*tensors, *args))
+
+
+def launches(x, weight, bias, *args, with_pos):
+    """As ``conv2d.launches``: the forward's launcher call and a function listing the backward's (one
+    call for every gradient wanted, as the eager path makes it when x and weight share a layout)."""
+    *geometry, channels_last, allow_tf32 = args
+    options = dict(channels_last=channels_last, allow_tf32=allow_tf32)
+    forward = ("conv_relu_maxpool2d_forward", (x, weight, bias, *geometry), dict(with_pos=with_pos, **options))
+
+    def gradients():
+        out, pos = stock.conv_relu_maxpool2d_forward(x.detach(), weight.detach(), None if bias is None else
+                                                     bias.detach(), *geometry, with_pos=True, **options)
+        needs = (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+        conv_geometry, pool_geometry = geometry[:5], geometry[5:9]
+        yield ("conv_relu_maxpool2d_backward", (torch.randn_like(out), x, weight, pos, *conv_geometry,
+                                                *pool_geometry), dict(needs=needs, **options))
+    return forward, gradients

@@ -7,6 +7,7 @@ from typing import List
 import torch
 from torch import Tensor
 
+from .. import _stock as stock
 from ..backends import kernels
 from ._common import custom_op, empty, register_autograd, run
 
@@ -63,3 +64,17 @@ def run_max_pool2d(x, *args, with_indices):
     if with_indices:
         return run(max_pool2d_with_indices, _MaxPool2dFunction, (x,), (x, *args))
     return run(max_pool2d, None, (x,), (x, *args))
+
+
+def launches(x, kernel_size, stride, padding, dilation, out_size, channels_last, *, with_indices):
+    """As ``conv2d.launches``: the forward's launcher call and a function listing the backward's."""
+    geometry = (kernel_size, stride, padding, dilation)
+    forward = ("max_pool2d_forward", (x, *geometry, out_size), dict(with_indices=with_indices,
+                                                                     channels_last=channels_last))
+
+    def gradients():
+        grad, indices = stock.max_pool2d_forward(x.detach(), *geometry, out_size, with_indices=True,
+                                                 channels_last=channels_last)
+        yield ("max_pool2d_backward", (torch.randn_like(grad), indices, x.shape[2:], *geometry),
+               dict(channels_last=channels_last))
+    return forward, gradients

@@ -1,0 +1,407 @@
+"""The measured choice: which backend and config runs each call, found by timing the candidates once.
+
+A *case* is one launcher call (op and direction: ``conv2d_forward``, ``conv2d_input_grad``,
+``conv2d_weight_grad``, ``conv2d_bias_grad``, ``max_pool2d_forward``/``_backward``, the fused op's
+``conv_relu_maxpool2d_forward``/``_backward``) on one device, with its dtypes, layouts, shapes and
+arguments. For a case never seen, the tuner
+
+1. lists the candidates (``space.candidates``): under "auto" every backend that runs on the device,
+   stock PyTorch included, each with its configs; under a named backend that backend's configs;
+2. runs stock PyTorch on the call's own inputs, then each candidate, and drops (with one warning)
+   every candidate whose result disagrees with stock PyTorch's;
+3. times the rest (CUDA events on a GPU; a few runs, the fastest, on a CPU; a candidate far behind
+   after its first run is not run again) and keeps the fastest, but keeps stock PyTorch unless a
+   kernel beats it by ``MARGIN``, so noise cannot flip a choice back and forth;
+4. remembers the choice in memory (a dict: the hot path's only cost) and on disk (``cache``).
+
+It never tunes while ``torch.compile`` traces, inside CUDA-graph capture, on fake or meta tensors,
+or with ``CNNFAST_TUNE=0``; there the choice already made (in memory or on disk) stands, else the
+fixed heuristic: the named backend with its own config heuristic, or under "auto" the first
+available kernel backend. The interpreted Triton backend and the CUDA emulator are never timed
+(their speed means nothing). ``CNNFAST_TUNE_VERBOSE=1`` prints each decision.
+"""
+import dataclasses
+import functools
+import os
+import sys
+import time
+import warnings
+import weakref
+from typing import Optional
+
+import torch
+
+from .. import backends
+from .._outputs import FUSED_STATE
+from . import cache, space
+
+__all__ = ["enabled", "enable", "dispatch", "stock_is_fastest", "decisions", "clear", "layer", "Decision"]
+
+# A kernel must beat stock PyTorch by this fraction of its time to be chosen over it.
+MARGIN = 0.03
+# CPU timing: this many alternating rounds of one call per candidate; a candidate whose first call took
+# over PRUNE times the fastest first call is not run again. GPU: the median of GPU_RUNS timed calls.
+CPU_RUNS = 3
+PRUNE = 1.5
+GPU_RUNS = 10
+
+
+_ENABLED = os.environ.get("CNNFAST_TUNE", "1") != "0"
+
+
+def enabled() -> bool:
+    """Whether choices are measured: ``CNNFAST_TUNE`` was not "0" at import, or ``enable(True)``."""
+    return _ENABLED
+
+
+def enable(flag: bool = True) -> None:
+    """Measure choices from now on (or, with False, keep the heuristic for every case not yet chosen)."""
+    global _ENABLED
+    _ENABLED = bool(flag)
+
+
+def _verbose() -> bool:
+    return os.environ.get("CNNFAST_TUNE_VERBOSE", "") not in ("", "0")
+
+
+@dataclasses.dataclass
+class Decision:
+    """One choice, as ``cnnfast tune`` prints it."""
+    launcher: str
+    requested: str
+    case: str
+    backend: str
+    config: Optional[int]
+    seconds: Optional[float]          # the chosen candidate's time (None: not measured)
+    stock_seconds: Optional[float]    # stock PyTorch's time on the same case
+    source: str                       # "measured", "cache", "only candidate", "heuristic" or "reused"
+    layer: Optional[str] = None
+    kernel_seconds: Optional[float] = None   # the fastest kernel candidate's time (chosen or not)
+
+
+_CHOICES = {}          # key -> (backend, config): the hot path's lookup
+_MADE = {}             # key -> the Decision that made it
+_FILES = {}            # device -> cache.File
+_DECISIONS = []
+_WARNED = set()
+_STOCK_PLANS = {}      # forward key + gradients wanted -> bool (see stock_is_fastest)
+_LAYER = [None]
+# The fused op's state each forward output's pos was written in (read by its backward's candidates).
+_STATE_OF = weakref.WeakKeyDictionary()
+
+
+def clear(disk: bool = False) -> None:
+    """Forget every choice made in this process (and, with ``disk``, the cache files too)."""
+    _CHOICES.clear()
+    _MADE.clear()
+    _FILES.clear()
+    _DECISIONS.clear()
+    _WARNED.clear()
+    _STOCK_PLANS.clear()
+    if disk:
+        cache.clear()
+
+
+def decisions() -> list:
+    """Every decision made in this process, in order (a list of ``Decision``)."""
+    return list(_DECISIONS)
+
+
+class layer:
+    """Context manager: decisions made inside are labelled ``name`` (``cnnfast tune`` names layers so)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self._previous, _LAYER[0] = _LAYER[0], self.name
+
+    def __exit__(self, *exc):
+        _LAYER[0] = self._previous
+        return False
+
+
+# --- the case key ---------------------------------------------------------------------------------
+
+def _layout(t: torch.Tensor) -> str:
+    if t.is_contiguous():
+        return "c"
+    return "cl" if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) else "s"
+
+
+def _part(a):
+    """An argument's part of the key: a tensor's dtype, shape and layout; sizes as plain tuples."""
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, tuple(a.shape), _layout(a))
+    if isinstance(a, list):
+        return tuple(a)
+    return a
+
+
+def _device(args) -> torch.device:
+    return next(a.device for a in args if isinstance(a, torch.Tensor))
+
+
+def _key(launcher, requested, args, kwargs):
+    return (launcher, requested, torch.are_deterministic_algorithms_enabled(), _device(args),
+            tuple(_part(a) for a in args), tuple(kwargs.items()))
+
+
+def _disk_key(key) -> str:
+    launcher, requested, deterministic, _, parts, kw = key
+    return repr((launcher, requested, deterministic, parts, kw))
+
+
+def _describe(key) -> str:
+    _, _, _, _, parts, kw = key
+    tensors = [f"{str(p[0])[6:]}{list(p[1])}{'' if p[2] == 'c' else ':' + p[2]}" for p in parts
+               if isinstance(p, tuple) and len(p) == 3 and isinstance(p[0], torch.dtype)]
+    flags = [f"{k}={v}" for k, v in kw if v not in (False, None)]
+    return " ".join(tensors + flags)
+
+
+def _file(device: torch.device) -> cache.File:
+    f = _FILES.get(device)
+    if f is None:
+        f = _FILES[device] = cache.File(cache.environment(device))
+    return f
+
+
+# --- when a choice may be measured ----------------------------------------------------------------
+
+def _may_tune(args, device) -> bool:
+    if not enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+    return all(type(a) in (torch.Tensor, torch.nn.Parameter) and not isinstance(a, FakeTensor)
+               for a in args if isinstance(a, torch.Tensor))
+
+
+def _heuristic(requested, device):
+    """The choice without measurement: the named backend, or "auto"'s first available kernel backend."""
+    if requested != "auto":
+        return requested, None
+    for name in backends._AUTO_ORDER.get(device.type, ()):
+        if backends._why_unavailable(name, device) is None:
+            return name, None
+    return "torch", None
+
+
+def _slow(requested, device) -> bool:
+    """Backends whose timings mean nothing: the Triton interpreter, the CUDA emulator."""
+    return requested == "emulated_cuda" or (requested == "triton" and device.type == "cpu")
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+def _time(fn, device, candidate) -> float:
+    """Seconds one call of ``fn`` takes: on a GPU the median of ``GPU_RUNS`` calls timed by CUDA
+    events, on a CPU one call (``candidate``: what ``fn`` runs, for a timer that fakes it)."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(GPU_RUNS):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+# Tests replace this with a fake: timer(fn, device, candidate) -> seconds.
+timer = _time
+
+
+def _run(candidate, launcher, args, kwargs):
+    backend, config = candidate
+    fn = getattr(backends.launchers(backend), launcher)
+    if config is None:
+        return lambda: fn(*args, **kwargs)
+    return lambda: fn(*args, **kwargs, config=config)
+
+
+def _warn_once(launcher, candidate, case, why):
+    if (launcher, candidate) not in _WARNED:
+        _WARNED.add((launcher, candidate))
+        backend, config = candidate
+        warnings.warn(f"cnnfast.tune: {launcher} on backend {backend!r}"
+                      f"{'' if config is None else f' config {config}'} disagrees with stock PyTorch on "
+                      f"{case} ({why}); it is never chosen", RuntimeWarning, stacklevel=5)
+
+
+STOCK = ("torch", None)
+
+
+def _measure(launcher, requested, key, args, kwargs, pool):
+    """Check and time each candidate of ``pool``; return (choice, its seconds, stock seconds, the
+    fastest kernel's seconds): choice None where no candidate agreed with stock PyTorch.
+
+    Stock PyTorch runs first (its result is the reference) and is always timed. On a CPU the
+    candidates are timed in ``CPU_RUNS`` alternating rounds, so that a slow spell of a shared machine
+    falls on all of them alike; one far behind after the first round (``PRUNE``) is not run again."""
+    device = _device(args)
+    case = _describe(key)
+    runs = {STOCK: _run(STOCK, launcher, args, kwargs)}
+    reference = runs[STOCK]()
+    for candidate in pool:
+        if candidate == STOCK:
+            continue
+        run = _run(candidate, launcher, args, kwargs)
+        try:
+            why = space.error(launcher, args, kwargs, run(), reference)
+        except Exception as e:  # a config that cannot run this case (resources, say) is not a choice
+            why = f"{type(e).__name__}: {e}"
+        if why is None:
+            runs[candidate] = run
+        else:
+            _warn_once(launcher, candidate, case, why)
+    times = {c: [] for c in runs}
+    for round_ in range(1 if device.type == "cuda" else CPU_RUNS):
+        for candidate in times:
+            if round_ == 0 or candidate == STOCK or times[candidate][0] <= PRUNE * first_best:
+                times[candidate].append(timer(runs[candidate], device, candidate))
+        first_best = min(t[0] for t in times.values())
+    best_of = {c: min(t) for c, t in times.items()}
+    stock_time = best_of[STOCK]
+    kernels = {c: t for c, t in best_of.items() if c != STOCK}
+    if not kernels:
+        return (STOCK if STOCK in pool else None), stock_time, stock_time, None
+    best = min(kernels, key=kernels.get)
+    if STOCK in pool and not kernels[best] < stock_time * (1 - MARGIN):
+        return STOCK, stock_time, stock_time, kernels[best]
+    return best, kernels[best], stock_time, kernels[best]
+
+
+def _decide(launcher, requested, key, args, kwargs):
+    """The choice for a case not yet in memory: from disk, by measurement, or by the heuristic."""
+    device = key[3]
+    disk_key = _disk_key(key)
+    if not _slow(requested, device):
+        stored = _file(device).get(disk_key)
+        if isinstance(stored, dict) and stored.get("backend") in backends.NAMES:
+            choice = (stored["backend"], stored.get("config"))
+            _record(launcher, requested, key, choice, stored.get("seconds"), stored.get("stock_seconds"), "cache",
+                    stored.get("kernel_seconds"))
+            _CHOICES[key] = choice
+            return choice
+    if _slow(requested, device) or not _may_tune(args, device):
+        return _heuristic(requested, device)    # not remembered: a later eager call may measure
+    state = _STATE_OF.get(args[3], FUSED_STATE) if launcher == "conv_relu_maxpool2d_backward" else FUSED_STATE
+    pool = space.candidates(launcher, requested, device, args, kwargs, state)
+    kernel_seconds = None
+    if len(pool) == 1:
+        choice, seconds, stock_seconds, source = pool[0], None, None, "only candidate"
+    elif not pool:
+        raise RuntimeError(f"{launcher}: no backend can run this case under {requested!r} here "
+                           f"({_describe(key)})")
+    else:
+        with torch.no_grad():
+            choice, seconds, stock_seconds, kernel_seconds = _measure(launcher, requested, key, args, kwargs, pool)
+        source = "measured"
+        if choice is None:   # every config of a named backend disagreed: its heuristic stands
+            choice, source = _heuristic(requested, device), "heuristic"
+        else:
+            _file(device).put(disk_key, dict(backend=choice[0], config=choice[1], seconds=seconds,
+                                             stock_seconds=stock_seconds, kernel_seconds=kernel_seconds))
+    _record(launcher, requested, key, choice, seconds, stock_seconds, source, kernel_seconds)
+    _CHOICES[key] = choice
+    return choice
+
+
+def _record(launcher, requested, key, choice, seconds, stock_seconds, source, kernel_seconds=None):
+    d = Decision(launcher, requested, _describe(key), choice[0], choice[1], seconds, stock_seconds, source, _LAYER[0],
+                 kernel_seconds)
+    _DECISIONS.append(d)
+    _MADE[key] = d
+    if _verbose():
+        ms = lambda s: "-" if s is None else f"{s * 1e3:.3f} ms"  # noqa: E731
+        print(f"cnnfast.tune: {launcher} [{requested}] {d.case}: {choice[0]}"
+              f"{'' if choice[1] is None else f' config {choice[1]}'} {ms(seconds)} (stock {ms(stock_seconds)}; "
+              f"{source})", file=sys.stderr)
+
+
+def _reused(key):
+    """A labelled call (``layer``) whose case was chosen before: listed again under its layer."""
+    made = _MADE.get(key)
+    if made is not None:
+        _DECISIONS.append(dataclasses.replace(made, layer=_LAYER[0], source="reused"))
+
+
+# --- the launchers the ops call -------------------------------------------------------------------
+
+def call(requested: str, launcher: str, *args, **kwargs):
+    """Run ``launcher`` for backend ``requested`` ("auto" or a named one) with the chosen backend and config."""
+    key = _key(launcher, requested, args, kwargs)
+    choice = _CHOICES.get(key)
+    if choice is None:
+        choice = _decide(launcher, requested, key, args, kwargs)
+    elif _LAYER[0] is not None and requested != "auto":   # "auto"'s are listed by stock_is_fastest
+        _reused(key)
+    backend, config = choice
+    fn = getattr(backends.launchers(backend), launcher)
+    result = fn(*args, **kwargs) if config is None else fn(*args, **kwargs, config=config)
+    if launcher == "conv_relu_maxpool2d_forward" and result[1] is not None:
+        state = getattr(backends.launchers(backend), "FUSED_STATE", FUSED_STATE)
+        if state != FUSED_STATE:
+            _STATE_OF[result[1]] = state
+    return result
+
+
+class _Dispatch:
+    """Backend ``requested``'s launchers with the measured choice: attribute ``conv2d_forward`` and so on."""
+
+    def __init__(self, requested):
+        self.requested = requested
+
+    def __getattr__(self, launcher):
+        if launcher.startswith("_"):
+            raise AttributeError(launcher)
+        fn = functools.partial(call, self.requested, launcher)
+        setattr(self, launcher, fn)
+        return fn
+
+
+def dispatch(name: str):
+    """What the ops call for backend ``name``: the tuner where there is something to choose ("auto";
+    "triton", whose configs differ), else the backend's launchers themselves (no cost per call)."""
+    if name == "auto" or (name == "triton" and not backends._interpreting()):
+        return _Dispatch(name)
+    return backends.launchers(name)
+
+
+def stock_is_fastest(forward, gradients) -> bool:
+    """Under "auto": whether stock PyTorch was chosen for the forward ``(launcher, args, kwargs)`` and
+    for every gradient launch that ``gradients()`` lists (the same form; called only the first time).
+    The front end then calls stock PyTorch directly, as if cnnfast were not there."""
+    launcher, args, kwargs = forward
+    wants = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    key = (_key(launcher, "auto", args, kwargs), wants)
+    known = _STOCK_PLANS.get(key)
+    if known is not None:
+        if _LAYER[0] is not None:
+            for k in known[1]:
+                _reused(k)
+        return known[0]
+    device = _device(args)
+    if not _may_tune(args, device):
+        return False
+    with torch.no_grad():
+        launches = [forward] + (list(gradients()) if wants else [])
+    answer, keys = True, []
+    for launcher, args, kwargs in launches:
+        k = _key(launcher, "auto", args, kwargs)
+        choice = _CHOICES.get(k)
+        if choice is None:
+            choice = _decide(launcher, "auto", k, args, kwargs)
+        elif _LAYER[0] is not None:
+            _reused(k)
+        keys.append(k)
+        answer = answer and choice[0] == "torch"
+    _STOCK_PLANS[key] = (answer, keys)
+    return answer

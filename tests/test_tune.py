@@ -1,0 +1,321 @@
+"""The tuner: the "torch" backend's launchers, choices made by a fake timer, candidates that disagree,
+the cache on disk, where it must not tune, deterministic mode and the fused op's state."""
+import json
+import multiprocessing
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnfast
+import cnnfast.functional as cf
+from cnnfast import _stock, backends, tune
+from cnnfast.tune import cache, space
+
+from conftest import assert_matches
+
+HAS_CPU = "cpu" in backends.available("cpu")
+needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="needs the extension's CPU kernels")
+
+
+@pytest.fixture
+def tuner(tmp_path, monkeypatch):
+    """The tuner on, with an empty cache in ``tmp_path`` and a fake timer: ``speeds[backend]`` (or
+    ``speeds[(backend, config)]``) seconds per call, 1.0 where not given. Yields the dict and the calls."""
+    monkeypatch.setenv("CNNFAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tune, "_ENABLED", True)
+    speeds, calls = {}, []
+
+    def fake(fn, device, candidate):
+        calls.append(candidate)
+        return speeds.get(candidate, speeds.get(candidate[0], 1.0))
+    monkeypatch.setattr(tune, "timer", fake)
+    tune.clear()
+    yield speeds, calls
+    tune.clear()
+
+
+def _backward_matches_float64(fn, inputs, y):
+    """Run y's backward with a fresh gradient; y and every input's gradient agree with ``fn`` in float64."""
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    ref = fn(*ref_inputs)
+    ref.backward(grad.double())
+    assert_matches(y.detach(), ref.detach(), torch.float32)
+    for t, r in zip(inputs, ref_inputs):
+        assert_matches(t.grad, r.grad, torch.float32, what="gradient")
+        t.grad = None
+
+
+def _conv_inputs(grad=True, n=2, c=5, h=9, w=7, k=6):
+    x = torch.randn(n, c, h, w, requires_grad=grad)
+    weight = torch.randn(k, c, 3, 3, requires_grad=grad)
+    bias = torch.randn(k, requires_grad=grad)
+    return x, weight, bias
+
+
+# --- the "torch" backend's launchers agree with the kernels' ------------------------------------------
+
+@needs_cpu
+@pytest.mark.parametrize("padding, stride", [((0, 0), 1), ((1, 2), 1), ((0, 0), 2), ((1, 2), 2), ("same", 1)])
+def test_stock_conv2d_launchers_match_the_cpu_kernels(padding, stride):
+    x = torch.randn(2, 4, 10, 9)
+    weight = torch.randn(6, 4, 4, 3) if padding == "same" else torch.randn(6, 4, 3, 3)   # even: asymmetric
+    stride_, pad, dilation, out = cf._conv_geometry(x, weight, None, stride, padding, 1, 1, "conv2d")
+    cpu = backends.launchers("cpu")
+    args = (stride_, pad, dilation, 1)
+    for ours, theirs in [(_stock.conv2d_forward(x, weight, None, *args, out), cpu.conv2d_forward(x, weight, None,
+                                                                                                   *args, out))]:
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    grad = torch.randn(2, 6, *out)
+    torch.testing.assert_close(_stock.conv2d_input_grad(grad, weight, x.shape[2:], *args),
+                               cpu.conv2d_input_grad(grad, weight, x.shape[2:], *args), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_stock.conv2d_weight_grad(x, grad, weight.shape, *args),
+                               cpu.conv2d_weight_grad(x, grad, weight.shape, *args), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_stock.conv2d_bias_grad(grad), cpu.conv2d_bias_grad(grad), atol=1e-4, rtol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_stock_max_pool2d_launchers_match_the_cpu_kernels(ceil_mode):
+    x = torch.randn(2, 3, 11, 8)
+    geometry = cf._pool_geometry(x.shape[2:], 3, 2, 1, 1, ceil_mode, 3, "max_pool2d")
+    cpu = backends.launchers("cpu")
+    out, idx = _stock.max_pool2d_forward(x, *geometry, with_indices=True)
+    ref_out, ref_idx = cpu.max_pool2d_forward(x, *geometry, with_indices=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(idx, ref_idx)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(_stock.max_pool2d_backward(grad, idx, x.shape[2:], *geometry[:4]),
+                               cpu.max_pool2d_backward(grad, idx, x.shape[2:], *geometry[:4]))
+
+
+@needs_cpu
+@pytest.mark.parametrize("pool", [dict(pool_kernel_size=2), dict(pool_kernel_size=3, pool_stride=2, pool_padding=1)])
+def test_stock_fused_launchers_share_the_kernels_state(pool):
+    """pos means the same on both: each backward reads the other's forward state and agrees."""
+    x, weight, bias = _conv_inputs(grad=False, h=12, w=11)
+    stride, pad, dilation, conv_out = cf._conv_geometry(x, weight, bias, 1, 1, 1, 1, "fused")
+    pk, ps, pp, pd, out_size = cf._pool_geometry(conv_out, pool["pool_kernel_size"], pool.get("pool_stride"),
+                                                 pool.get("pool_padding", 0), 1, False, 6, "fused")
+    geometry = (stride, pad, dilation, 1, conv_out, pk, ps, pp, pd)
+    cpu = backends.launchers("cpu")
+    out, pos = _stock.conv_relu_maxpool2d_forward(x, weight, bias, *geometry, out_size, with_pos=True)
+    ref_out, ref_pos = cpu.conv_relu_maxpool2d_forward(x, weight, bias, *geometry, out_size, with_pos=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
+    assert torch.equal(pos, ref_pos)
+    grad = torch.randn_like(out)
+    for a, b in zip(_stock.conv_relu_maxpool2d_backward(grad, x, weight, ref_pos, *geometry),
+                    cpu.conv_relu_maxpool2d_backward(grad, x, weight, pos, *geometry)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+# --- choices ------------------------------------------------------------------------------------------
+
+@needs_cpu
+@pytest.mark.parametrize("cpu_time, expected", [(0.5, "cpu"), (0.99, "torch"), (2.0, "torch")])
+def test_auto_keeps_stock_unless_a_kernel_wins_by_the_margin(tuner, cpu_time, expected):
+    speeds, _ = tuner
+    speeds["cpu"] = cpu_time
+    x, weight, bias = _conv_inputs()
+    y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    chosen = {d.launcher: d.backend for d in tune.decisions()}
+    assert chosen == dict.fromkeys(["conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad"],
+                                   expected)
+    # Stock chosen everywhere: the call is stock PyTorch's own (its autograd node), else cnnfast's.
+    assert ("Convolution" in type(y.grad_fn).__name__) == (expected == "torch")
+    _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
+
+
+@needs_cpu
+def test_each_direction_is_its_own_choice(tuner):
+    speeds, _ = tuner
+    speeds["cpu"] = 2.0
+    x, weight, bias = _conv_inputs()
+
+    def fake(fn, device, candidate, _real=tune.timer):
+        # cpu is fast only for the weight gradient: the forward and input gradient stay stock.
+        return 0.5 if candidate[0] == "cpu" and _launcher[0] == "conv2d_weight_grad" else _real(fn, device, candidate)
+    _launcher = [None]
+    decide = tune._decide
+
+    def spy(launcher, *args):
+        _launcher[0] = launcher
+        return decide(launcher, *args)
+    import unittest.mock as mock
+    with mock.patch.object(tune, "timer", fake), mock.patch.object(tune, "_decide", spy):
+        y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    chosen = {d.launcher: d.backend for d in tune.decisions()}
+    assert chosen["conv2d_weight_grad"] == "cpu" and chosen["conv2d_forward"] == "torch"
+    _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
+
+
+@needs_cpu
+def test_a_choice_is_made_once_then_looked_up(tuner):
+    speeds, calls = tuner
+    speeds["cpu"] = 0.5
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        cf.max_pool2d(x, 2, backend="auto")
+    assert len(calls) == 2 * tune.CPU_RUNS     # stock and cpu, each once per round, then never again
+    assert [d.source for d in tune.decisions()] == ["measured"]
+
+
+@needs_cpu
+def test_a_candidate_that_disagrees_is_never_chosen_and_named_once(tuner, monkeypatch):
+    speeds, _ = tuner
+    speeds["cpu"] = 0.01
+    cpu = backends.launchers("cpu")
+
+    class Wrong:
+        def __getattr__(self, name):
+            return getattr(cpu, name)
+
+        def conv2d_forward(self, *args, **kwargs):
+            return cpu.conv2d_forward(*args, **kwargs) * 1.01
+    monkeypatch.setitem(backends._LAUNCHERS, "cpu", Wrong())
+    x, weight, bias = _conv_inputs(grad=False)
+    with pytest.warns(RuntimeWarning, match=r"conv2d_forward on backend 'cpu' disagrees with stock PyTorch on "
+                                            r"float32\[2, 5, 9, 7\].*relative error"):
+        y = cf.conv2d(x, weight, bias, backend="auto")
+    torch.testing.assert_close(y, F.conv2d(x, weight, bias))
+    assert tune.decisions()[-1].backend == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cf.conv2d(torch.randn(3, 5, 9, 7), weight, bias, backend="auto")   # a new case: no second warning
+
+
+@needs_cpu
+def test_deterministic_mode_runs_only_deterministic_candidates(tuner, monkeypatch):
+    speeds, calls = tuner
+    speeds["cpu"] = 0.01
+    cpu = backends.launchers("cpu")
+    monkeypatch.setattr(cpu, "NONDETERMINISTIC", ("conv2d_forward",), raising=False)
+    x, weight, bias = _conv_inputs(grad=False)
+    torch.use_deterministic_algorithms(True)
+    try:
+        cf.conv2d(x, weight, bias, backend="auto")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert ("cpu", None) not in calls and tune.decisions()[-1].backend == "torch"
+    cf.conv2d(x, weight, bias, backend="auto")       # another case: the key holds the mode
+    assert tune.decisions()[-1].backend == "cpu"
+
+
+@needs_cpu
+def test_fused_backward_candidates_read_the_forward_state(tuner, monkeypatch):
+    x, weight, bias = _conv_inputs(grad=False)
+    args = (torch.randn(2, 6, 3, 2), x, weight, torch.zeros(2, 6, 3, 2, dtype=torch.int8))
+    names = lambda state: [c[0] for c in space.candidates("conv_relu_maxpool2d_backward", "auto",  # noqa: E731
+                                                          torch.device("cpu"), args, {}, state)]
+    assert names("pos") == ["cpu", "torch"]
+    monkeypatch.setattr(backends.launchers("cpu"), "FUSED_STATE", "other", raising=False)
+    assert names("pos") == ["torch"] and names("other") == ["cpu"]
+
+
+@needs_cpu
+def test_fused_op_under_auto_matches_reference_whatever_is_chosen(tuner):
+    speeds, _ = tuner
+    x, weight, bias = _conv_inputs(h=12, w=12)
+    for cpu_time in (0.5, 2.0):
+        tune.clear()
+        speeds["cpu"] = cpu_time
+        y = cf.conv_relu_maxpool2d(x, weight, bias, padding=1, backend="auto")
+        ref = lambda a, b, c: F.max_pool2d(F.relu(F.conv2d(a, b, c, padding=1)), 2)  # noqa: E731
+        _backward_matches_float64(ref, (x, weight, bias), y)
+
+
+# --- the cache ----------------------------------------------------------------------------------------
+
+@needs_cpu
+def test_choices_are_read_back_from_disk_without_measuring(tuner):
+    speeds, calls = tuner
+    speeds["cpu"] = 0.5
+    x = torch.randn(2, 3, 8, 8)
+    cf.max_pool2d(x, 2, backend="auto")
+    tune.clear()                      # a new process: nothing in memory
+    calls.clear()
+    cf.max_pool2d(x, 2, backend="auto")
+    assert calls == [] and [(d.source, d.backend) for d in tune.decisions()] == [("cache", "cpu")]
+
+
+@needs_cpu
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"env": {"device": "elsewhere"}, "entries": {}}), "[]"])
+def test_a_corrupt_or_foreign_cache_file_is_ignored_with_one_warning(tuner, content):
+    speeds, _ = tuner
+    f = tune._file(torch.device("cpu"))
+    f.path.parent.mkdir(parents=True, exist_ok=True)
+    f.path.write_text(content)
+    tune.clear()
+    with pytest.warns(RuntimeWarning, match="ignoring the cache file"):
+        cf.max_pool2d(torch.randn(2, 3, 8, 8), 2, backend="auto")
+        cf.max_pool2d(torch.randn(2, 3, 6, 6), 2, backend="auto")
+    data = json.loads(f.path.read_text())          # rewritten whole by the next choice
+    assert len(data["entries"]) == 2
+
+
+def _writer(directory, env, worker, count):
+    f = cache.File(env, root=directory)
+    for i in range(count):
+        f.put(f"worker{worker}-{i}", dict(backend="cpu", config=None))
+
+
+def test_concurrent_writers_neither_corrupt_the_file_nor_lose_entries(tmp_path):
+    env = dict(format=cache.FORMAT, device="test", threads=1)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_writer, args=(tmp_path, env, w, 25)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(60)
+        assert p.exitcode == 0
+    entries = json.loads(cache.File(env, root=tmp_path).path.read_text())["entries"]
+    assert sorted(entries) == sorted(f"worker{w}-{i}" for w in range(4) for i in range(25))
+
+
+# --- where it must not tune ---------------------------------------------------------------------------
+
+@needs_cpu
+def test_no_tuning_on_fake_tensors_or_with_tuning_off(tuner, monkeypatch):
+    _, calls = tuner
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x, weight, _ = _conv_inputs(grad=False)
+        y = cf.conv2d(x, weight, backend="auto")
+    assert y.shape == (2, 6, 7, 5) and calls == []
+    monkeypatch.setattr(tune, "_ENABLED", False)
+    assert backends.resolve("auto", "conv2d", torch.randn(1)) == "cpu"      # the heuristic, unmeasured
+    cf.conv2d(torch.randn(2, 5, 9, 7), torch.randn(6, 5, 3, 3), backend="auto")
+    assert calls == []
+
+
+@needs_cpu
+def test_compiled_converted_model_has_no_graph_break_and_tunes_only_when_run(tuner):
+    _, calls = tuner
+    model = cnnfast.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                                torch.nn.Conv2d(4, 5, 3)), backend="auto")
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)            # traced without measuring; the custom ops measure when the graph runs
+    assert all(d.source == "measured" for d in tune.decisions()) and calls
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+
+
+@needs_cpu
+def test_cnnfast_tune_prints_the_table_and_manages_the_cache(tmp_path):
+    env = {**__import__("os").environ, "CNNFAST_CACHE_DIR": str(tmp_path), "CNNFAST_TUNE": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cnnfast.cli", "tune", *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    out = run("--model", "net", "--batch", "8")
+    assert out.returncode == 0, out.stderr
+    assert "conv_relu_maxpool2d_forward" in out.stdout and "conv_relu_maxpool2d_backward" in out.stdout
+    assert "stock/chosen" in out.stdout
+    shown = run("--show")
+    assert shown.returncode == 0 and "1 file(s)" in shown.stdout
+    cleared = run("--clear")
+    assert cleared.returncode == 0 and "deleted 1 cache file" in cleared.stdout
+    assert not list((tmp_path / "tune").glob("*.json"))
