@@ -1,13 +1,14 @@
-"""Model-level workloads: the Net's training step, and ResNet-18 forward and forward+backward.
+"""Model-level workloads: the Net's training step, and ResNet-18 and DenseNet-121 forward and
+forward+backward.
 
-Providers: "eager" (the stock model: ``TorchNet``, torchvision's ``resnet18``), "compile" (that model
-under ``torch.compile``) and "cnnfast:<backend>" (``Net(backend=...)`` with the same weights, or
-``cnnfast.convert(resnet18, fuse=True, backend=...)``). bfloat16 and float16 run under
+Providers: "eager" (the stock model: ``TorchNet``, torchvision's ``resnet18`` or ``densenet121``),
+"compile" (that model under ``torch.compile``) and "cnnfast:<backend>" (``Net(backend=...)`` with the
+same weights, or ``cnnfast.convert(model, fuse=True, backend=...)``). bfloat16 and float16 run under
 ``torch.autocast`` with float32 weights, as mixed-precision training does. A training step is forward,
-cross-entropy, backward and an SGD step (momentum 0.9); ResNet-18's forward+backward takes the gradients
-of every parameter. The check compares the loss (or output) and the gradients with a float64 copy of
-the model; for ResNet-18 the gradients are compared through their overall norm, which does not depend
-on how ``convert`` names or orders the parameters.
+cross-entropy, backward and an SGD step (momentum 0.9); a torchvision model's forward+backward takes the
+gradients of every parameter. The check compares the loss (or output) and the gradients with a float64
+copy of the model; for torchvision models the gradients are compared through their overall norm, which
+does not depend on how ``convert`` names or orders the parameters.
 """
 import contextlib
 import copy
@@ -22,7 +23,7 @@ from . import roofline, timing
 from .suites import TORCH_DTYPES
 from .workload import COMPILE, EAGER, Unavailable, Workload, cnnfast_backend, compiled
 
-NUM_CLASSES = {"net_train_step": 10, "resnet18": 1000}
+NUM_CLASSES = {"net_train_step": 10, "resnet18": 1000, "densenet121": 1000}
 
 
 def _convert():
@@ -92,7 +93,7 @@ def _base_model(case):
     if case.op == "net_train_step":
         return TorchNet()
     import torchvision
-    return torchvision.models.resnet18()
+    return getattr(torchvision.models, case.op)()
 
 
 def build(case, device, compile_mode=None) -> Workload:

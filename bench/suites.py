@@ -7,7 +7,8 @@ Suites:
                  and 128, plus the stem (conv 7×7/2 → ReLU → max-pool 3×3/2) as the fused op
     densenet121  the same for DenseNet-121
     models       a Net training step (forward, backward, SGD) at batch 256 and 4096; ResNet-18 forward
-                 and forward+backward at batch 64 (after ``cnnfast.convert`` for the cnnfast backends)
+                 and forward+backward at batch 32 and 64, DenseNet-121's at batch 32 (after
+                 ``cnnfast.convert`` for the cnnfast backends)
 Cases come out variant-major (dtype, then layout, then direction, then suite), so that a run cut short
 by ``--budget`` has covered every suite at the first variants rather than one suite at all of them.
 """
@@ -19,7 +20,7 @@ import torch
 
 SUITES = ("net", "resnet18", "densenet121", "models")
 OPS = ("conv2d", "max_pool2d", "conv_relu_maxpool2d")
-MODEL_OPS = ("net_train_step", "resnet18")
+MODEL_OPS = ("net_train_step", "resnet18", "densenet121")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")  # "float32" is TF32 off, "tf32" TF32 on
 LAYOUTS = ("nchw", "channels_last")
 DIRECTIONS = ("fwd", "fwd+bwd")  # forward; forward and backward (spelled so in case ids and results)
@@ -137,7 +138,9 @@ def _torchvision_shapes(model_name: str):
 _BATCHES = {"net": (1, 64, 256, 1024, 4096), "resnet18": (32, 128), "densenet121": (32, 128)}
 _MODEL_CASES = (("net", "net_train_step", 256, (3, 32, 32), ("fwd+bwd",)),
                 ("net", "net_train_step", 4096, (3, 32, 32), ("fwd+bwd",)),
-                ("resnet18", "resnet18", 64, (3, 224, 224), DIRECTIONS))
+                ("resnet18", "resnet18", 32, (3, 224, 224), DIRECTIONS),
+                ("resnet18", "resnet18", 64, (3, 224, 224), DIRECTIONS),
+                ("densenet121", "densenet121", 32, (3, 224, 224), DIRECTIONS))
 
 
 def _base_cases(suite):
