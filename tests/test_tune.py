@@ -319,3 +319,21 @@ def test_cnnfast_tune_prints_the_table_and_manages_the_cache(tmp_path):
     cleared = run("--clear")
     assert cleared.returncode == 0 and "deleted 1 cache file" in cleared.stdout
     assert not list((tmp_path / "tune").glob("*.json"))
+
+
+@pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
+def test_a_named_backend_tunes_among_its_own_configs(tuner, monkeypatch):
+    """Under "triton" the candidates are its configs (stock PyTorch is only the reference): the
+    fastest by the (fake) timer wins, even when stock PyTorch is faster."""
+    speeds, calls = tuner
+    speeds.update({("triton", 0): 2.0, ("triton", 1): 1.5, "torch": 0.1})
+    monkeypatch.setattr(tune, "_slow", lambda requested, device: False)   # the interpreter is timed here
+    x = torch.randn(2, 3, 9, 9)
+    geometry = cf._pool_geometry(x.shape[2:], 3, 2, 1, 1, False, 3, "max_pool2d")
+    out, idx = tune.call("triton", "max_pool2d_forward", x, *geometry, with_indices=True, channels_last=False)
+    ref_out, ref_idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(idx, ref_idx)
+    d = tune.decisions()[-1]
+    assert (d.backend, d.config, d.source) == ("triton", 1, "measured") and d.stock_seconds == 0.1
+    assert {c for c in calls} == {("triton", 0), ("triton", 1), ("torch", None)}
