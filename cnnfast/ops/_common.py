@@ -8,6 +8,12 @@ on plain tensors run, inside a ``torch.autograd.Function`` when a gradient is wa
 the op module's context setup and its one backward; only how that backward calls the gradient ops
 differs. Op functions take their int lists as tuples, as the launchers do: the front end passes
 tuples, and the custom ops convert the lists the dispatcher gives them.
+
+Double backward: every gradient op has a backward of its own (written in cnnfast's ops again), so a
+backward run with ``create_graph=True`` is recorded like any forward. Autograd runs a backward with
+grad mode on exactly then; only then does the eager path go through the gradient ops' Functions (one
+``torch.is_grad_enabled()`` on the first-order path). The traced path needs nothing: the gradient
+custom ops carry their own ``register_autograd``.
 """
 import inspect
 
@@ -16,6 +22,8 @@ from torch import Tensor
 
 # Op -> the function it was made from: the same computation without torch.library's dispatch.
 _DIRECT = {}
+# Op -> its eager autograd.Function (ops given a backward by register_autograd).
+_FUNCTIONS = {}
 
 
 def custom_op(name: str, fake):
@@ -55,20 +63,33 @@ def wants_grad(*tensors) -> bool:
 def run(op, function, tensors, args):
     """``op(*args)`` the fastest way: eager calls on plain ``tensors`` (None allowed) run
     ``function.apply`` (the op's eager autograd.Function), or op's function alone when ``function`` is
-    None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op."""
-    if torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors):
+    None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op:
+    under torch.compile, on tensor subclasses, inside torch.func transforms (whose wrapped tensors are
+    plain Tensors to ``type``) and on meta tensors (the fake kernels give their shapes)."""
+    if (torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors)
+            or torch._C._are_functorch_transforms_active() or tensors[0].is_meta):
         return op(*args)
     return _DIRECT[op](*args) if function is None else function.apply(*args)
 
 
-def register_autograd(op, setup, backward, name: str, *, eager=_DIRECT.__getitem__, traced=lambda op: op):
+def eager_path(op):
+    """How a backward on the eager path calls the gradient op ``op``: its plain function, or, when the
+    backward is being recorded (``create_graph=True``: grad mode is on), its autograd.Function."""
+    if torch.is_grad_enabled():
+        function = _FUNCTIONS.get(op)
+        if function is not None:
+            return function.apply
+    return _DIRECT[op]
+
+
+def register_autograd(op, setup, backward, name: str, *, eager=eager_path, traced=lambda op: op):
     """Give ``op`` (a forward custom op) its backward on both paths; return the eager autograd.Function,
     a class called ``name``.
 
     ``setup(ctx, inputs, output)`` saves what the backward needs; ``backward(ctx, *grads, path)`` returns
     the gradients of the leading inputs, reaching the gradient ops through ``path``: ``traced`` under
     ``register_autograd``, ``eager`` in the Function. By default ``path(op)`` is the op itself, or
-    eagerly its plain function. The Function is written in the classic ``forward(ctx, ...)`` form: a
+    eagerly ``eager_path(op)``. The Function is written in the classic ``forward(ctx, ...)`` form: a
     separate setup_context costs an inspect.signature bind per call.
     """
     forward_fn = _DIRECT[op]
@@ -86,5 +107,7 @@ def register_autograd(op, setup, backward, name: str, *, eager=_DIRECT.__getitem
         return output
 
     op.register_autograd(backward_via(traced), setup_context=setup)
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
-                                                    "backward": staticmethod(backward_via(eager))})
+    function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                        "backward": staticmethod(backward_via(eager))})
+    _FUNCTIONS[op] = function
+    return function
