@@ -55,11 +55,19 @@ def _check_same(input: torch.Tensor, other: torch.Tensor, name: str, op: str):
 
 
 def _autocast(op_device: str, *tensors):
-    """Cast floating tensors to the autocast dtype when autocast is on (conv runs in lower precision)."""
-    if not torch.is_autocast_enabled(op_device):
+    """Cast floating tensors to the autocast dtype when autocast is on (conv runs in lower precision).
+    Meta tensors have no autocast state (torch.is_autocast_enabled refuses the device type)."""
+    if op_device == "meta" or not torch.is_autocast_enabled(op_device):
         return tensors
     dtype = torch.get_autocast_dtype(op_device)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+def _on_meta(backend, x):
+    """The backend for input ``x``: on meta tensors (shape inference, deferred initialisation) there is
+    no kernel to run, whatever was asked: stock PyTorch's meta functions give the shapes, strides and
+    dtypes (after the same argument checks)."""
+    return "torch" if x.is_meta else backend
 
 
 def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
@@ -150,6 +158,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """``torch.nn.functional.conv2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
     op = "conv2d"
     x, unbatched = _batched(input, op)
+    backend = _on_meta(backend, x)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
     stride_, pad, dilation_, out_size = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     name = backends.resolve(backend, op, x)
@@ -166,6 +175,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """``torch.nn.functional.max_pool2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
     op = "max_pool2d"
     x, unbatched = _batched(input, op)
+    backend = _on_meta(backend, x)
     _check_pool_input(x, op)
     kernel_size, stride, padding, dilation, out_size = _pool_geometry(
         x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode, x.shape[1], op)
@@ -193,6 +203,7 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     """
     op = "conv_relu_maxpool2d"
     x, unbatched = _batched(input, op)
+    backend = _on_meta(backend, x)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
     stride_, pad, dilation_, conv_out = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     pool_kernel, pool_stride, pool_pad, pool_dilation, out_size = _pool_geometry(

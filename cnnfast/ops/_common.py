@@ -65,9 +65,9 @@ def run(op, function, tensors, args):
     ``function.apply`` (the op's eager autograd.Function), or op's function alone when ``function`` is
     None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op:
     under torch.compile, on tensor subclasses, inside torch.func transforms (whose wrapped tensors are
-    plain Tensors to ``type``) and on meta tensors (the fake kernels give their shapes)."""
+    plain Tensors to ``type``)."""
     if (torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors)
-            or torch._C._are_functorch_transforms_active() or tensors[0].is_meta):
+            or torch._C._are_functorch_transforms_active()):
         return op(*args)
     return _DIRECT[op](*args) if function is None else function.apply(*args)
 
