@@ -24,6 +24,9 @@ from torch import Tensor
 _DIRECT = {}
 # Op -> its eager autograd.Function (ops given a backward by register_autograd).
 _FUNCTIONS = {}
+# Op -> its autograd.Function for torch.func transforms (setup_context form, vmap rule generated
+# from the custom ops' own): torch.library's register_autograd does not serve torch.func.grad.
+_FUNC_FUNCTIONS = {}
 
 
 def custom_op(name: str, fake):
@@ -66,10 +69,18 @@ def run(op, function, tensors, args):
     None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op:
     under torch.compile, on tensor subclasses, inside torch.func transforms (whose wrapped tensors are
     plain Tensors to ``type``)."""
-    if (torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors)
-            or torch._C._are_functorch_transforms_active()):
+    if torch._C._are_functorch_transforms_active():
+        return func_path(op)(*args)
+    if torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors):
         return op(*args)
     return _DIRECT[op](*args) if function is None else function.apply(*args)
+
+
+def func_path(op):
+    """How code under torch.func transforms calls ``op``: through its torch.func Function if it has a
+    backward, else the custom op (its batching rule)."""
+    function = _FUNC_FUNCTIONS.get(op)
+    return op if function is None else function.apply
 
 
 def eager_path(op):
@@ -82,14 +93,14 @@ def eager_path(op):
     return _DIRECT[op]
 
 
-def register_autograd(op, setup, backward, name: str, *, eager=eager_path, traced=lambda op: op):
+def register_autograd(op, setup, backward, name: str, *, eager=eager_path, traced=lambda op: op, func=func_path):
     """Give ``op`` (a forward custom op) its backward on both paths; return the eager autograd.Function,
     a class called ``name``.
 
     ``setup(ctx, inputs, output)`` saves what the backward needs; ``backward(ctx, *grads, path)`` returns
     the gradients of the leading inputs, reaching the gradient ops through ``path``: ``traced`` under
-    ``register_autograd``, ``eager`` in the Function. By default ``path(op)`` is the op itself, or
-    eagerly ``eager_path(op)``. The Function is written in the classic ``forward(ctx, ...)`` form: a
+    ``register_autograd``, ``eager`` in the Function, ``func`` in the torch.func Function. By default
+    ``path(op)`` is the op itself, eagerly ``eager_path(op)``, under torch.func ``func_path(op)``. The Function is written in the classic ``forward(ctx, ...)`` form: a
     separate setup_context costs an inspect.signature bind per call.
     """
     forward_fn = _DIRECT[op]
@@ -110,4 +121,50 @@ def register_autograd(op, setup, backward, name: str, *, eager=eager_path, trace
     function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
                                                         "backward": staticmethod(backward_via(eager))})
     _FUNCTIONS[op] = function
+    _FUNC_FUNCTIONS[op] = type(f"{name}ForTorchFunc", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup), "backward": staticmethod(backward_via(func))})
     return function
+
+
+# --- torch.func.vmap: batching rules ---------------------------------------------------------------
+# A vmapped dimension of size B is folded into the batch, (B, N, ...) -> (B*N, ...), where only the
+# input is batched; where weights are batched too, it is folded into the channels with B times the
+# groups, (B, N, C, H, W) -> (N, B*C, H, W) and weights (B, K, ...) -> (B*K, ...): one call either way.
+
+def batched_first(t, dim, size):
+    """``t`` with its vmapped dimension first (expanded to ``size`` when it has none); None stays None."""
+    if t is None:
+        return None
+    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+
+def fold_batch(t, dim, size):
+    """(B, N, ...) -> (B*N, ...)."""
+    t = batched_first(t, dim, size)
+    return None if t is None else t.reshape(-1, *t.shape[2:])
+
+
+def unfold_batch(t, size):
+    """(B*N, ...) -> (B, N, ...)."""
+    return t.reshape(size, -1, *t.shape[1:])
+
+
+def fold_channels(t, dim, size):
+    """(B, N, C, H, W) -> (N, B*C, H, W)."""
+    t = batched_first(t, dim, size)
+    return t.transpose(0, 1).reshape(t.shape[1], -1, *t.shape[3:])
+
+
+def unfold_channels(t, size):
+    """(N, B*C, H, W) -> (B, N, C, H, W)."""
+    return t.reshape(t.shape[0], size, -1, *t.shape[2:]).transpose(0, 1)
+
+
+def register_vmap(op, rule):
+    """Give ``op`` the batching rule ``rule(size, dims, *args) -> outputs`` (every output batched in
+    dimension 0); ``dims``: the vmapped dimension of each argument (None: not batched)."""
+    def batching_rule(info, in_dims, *args):
+        out = rule(info.batch_size, in_dims, *args)
+        return out, (tuple(0 for _ in out) if isinstance(out, tuple) else 0)
+    op.register_vmap(batching_rule)

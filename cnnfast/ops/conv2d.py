@@ -13,7 +13,8 @@ from typing import List, Optional
 from torch import Tensor
 
 from ..backends import kernels
-from ._common import custom_op, empty, is_channels_last, register_autograd, run, wants_grad
+from ._common import (custom_op, empty, fold_batch, fold_channels, is_channels_last, register_autograd,
+                      register_vmap, run, unfold_batch, unfold_channels, wants_grad)
 
 
 @custom_op("conv2d", fake=lambda x, weight, bias, stride, padding, dilation, groups, out_size, channels_last,
@@ -128,3 +129,39 @@ def run_conv2d(x, weight, bias, *args):
     """``conv2d`` (the custom op's arguments): the eager path or the custom op."""
     function = _Conv2dFunction if wants_grad(x, weight, bias) else None
     return run(conv2d, function, (x, weight, bias), (x, weight, bias, *args))
+
+
+# --- torch.func.vmap (see ``_common``) --------------------------------------------------------------
+
+def _conv2d_vmap(size, dims, x, weight, bias, stride, padding, dilation, groups, *rest):
+    if dims[1] is None and dims[2] is None:
+        return unfold_batch(conv2d(fold_batch(x, dims[0], size), weight, bias, stride, padding, dilation, groups,
+                                   *rest), size)
+    bias = fold_batch(bias, dims[2], size) if bias is not None else None
+    return unfold_channels(conv2d(fold_channels(x, dims[0], size), fold_batch(weight, dims[1], size), bias,
+                                  stride, padding, dilation, groups * size, *rest), size)
+
+
+def _input_grad_vmap(size, dims, grad, weight, input_size, stride, padding, dilation, groups, *rest):
+    if dims[1] is None:
+        return unfold_batch(conv2d_input_grad(fold_batch(grad, dims[0], size), weight, input_size, stride, padding,
+                                              dilation, groups, *rest), size)
+    return unfold_channels(conv2d_input_grad(fold_channels(grad, dims[0], size), fold_batch(weight, dims[1], size),
+                                             input_size, stride, padding, dilation, groups * size, *rest), size)
+
+
+def _weight_grad_vmap(size, dims, x, grad, weight_size, stride, padding, dilation, groups, *rest):
+    # One weight gradient per vmapped slice: never summed over it, so always through the channels.
+    weight_size = (size * weight_size[0], *weight_size[1:])
+    return unfold_batch(conv2d_weight_grad(fold_channels(x, dims[0], size), fold_channels(grad, dims[1], size),
+                                           weight_size, stride, padding, dilation, groups * size, *rest), size)
+
+
+def _bias_grad_vmap(size, dims, grad, backend):
+    return conv2d_bias_grad(fold_channels(grad, dims[0], size), backend).view(size, -1)
+
+
+register_vmap(conv2d, _conv2d_vmap)
+register_vmap(conv2d_input_grad, _input_grad_vmap)
+register_vmap(conv2d_weight_grad, _weight_grad_vmap)
+register_vmap(conv2d_bias_grad, _bias_grad_vmap)

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .._outputs import pos_dtype
 from ..backends import kernels
-from ._common import custom_op, eager_path, empty, is_channels_last, register_autograd, run
+from ._common import (custom_op, eager_path, empty, fold_batch, fold_channels, func_path, is_channels_last,
+                      register_autograd, register_vmap, run, unfold_batch, unfold_channels)
 from .conv2d import conv2d
 from .max_pool2d import max_pool2d_gather
 
@@ -127,7 +128,8 @@ def _backward(ctx, grad, _grad_pos, path):
 
 _ConvReluMaxpool2dFunction = register_autograd(conv_relu_maxpool2d_with_pos, _setup, _backward,
                                                "_ConvReluMaxpool2dFunction", eager=_launch_grads,
-                                               traced=_op_grads)
+                                               traced=_op_grads,
+                                               func=lambda *args: _op_grads(*args, path=func_path))
 
 
 # --- double backward: the backward op's own backward ----------------------------------------------
@@ -188,3 +190,31 @@ def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):
     if with_pos:
         return run(conv_relu_maxpool2d_with_pos, _ConvReluMaxpool2dFunction, tensors, (*tensors, *args))
     return run(conv_relu_maxpool2d, None, tensors, (*tensors, *args))
+
+
+# --- torch.func.vmap (see ``_common``) --------------------------------------------------------------
+
+def _forward_vmap(op):
+    def rule(size, dims, x, weight, bias, stride, padding, dilation, groups, *rest):
+        if dims[1] is None and dims[2] is None:
+            out = op(fold_batch(x, dims[0], size), weight, bias, stride, padding, dilation, groups, *rest)
+            return tuple(unfold_batch(o, size) for o in out) if isinstance(out, tuple) else unfold_batch(out, size)
+        bias = fold_batch(bias, dims[2], size) if bias is not None else None
+        out = op(fold_channels(x, dims[0], size), fold_batch(weight, dims[1], size), bias, stride, padding,
+                 dilation, groups * size, *rest)
+        return tuple(unfold_channels(o, size) for o in out) if isinstance(out, tuple) else unfold_channels(out, size)
+    return rule
+
+
+def _backward_vmap(size, dims, grad, x, weight, pos, stride, padding, dilation, groups, *rest):
+    # Through the channels always: the weight and bias gradients are one per vmapped slice.
+    which = rest[-4]
+    out = conv_relu_maxpool2d_backward(fold_channels(grad, dims[0], size), fold_channels(x, dims[1], size),
+                                       fold_batch(weight, dims[2], size), fold_channels(pos, dims[3], size),
+                                       stride, padding, dilation, groups * size, *rest)
+    return unfold_channels(out, size) if which == 0 else out.view(size, -1, *out.shape[1:])
+
+
+register_vmap(conv_relu_maxpool2d, _forward_vmap(conv_relu_maxpool2d))
+register_vmap(conv_relu_maxpool2d_with_pos, _forward_vmap(conv_relu_maxpool2d_with_pos))
+register_vmap(conv_relu_maxpool2d_backward, _backward_vmap)

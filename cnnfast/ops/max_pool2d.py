@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from ..backends import kernels
-from ._common import custom_op, empty, is_channels_last, register_autograd, run
+from ._common import (custom_op, empty, fold_batch, is_channels_last, register_autograd, register_vmap, run,
+                      unfold_batch)
 
 
 def _pooled(x, out_size, channels_last, dtype=None):
@@ -108,3 +109,20 @@ def run_max_pool2d(x, *args, with_indices):
     if with_indices:
         return run(max_pool2d_with_indices, _MaxPool2dFunction, (x,), (x, *args))
     return run(max_pool2d, None, (x,), (x, *args))
+
+
+# --- torch.func.vmap: every plane is pooled on its own, so the vmapped dimension joins the batch ----
+
+def _fold_vmap(op, tensors):
+    """The rule for ``op`` whose leading ``tensors`` arguments are batched alike."""
+    def rule(size, dims, *args):
+        folded = [fold_batch(t, d, size) for t, d in zip(args[:tensors], dims)]
+        out = op(*folded, *args[tensors:])
+        return tuple(unfold_batch(o, size) for o in out) if isinstance(out, tuple) else unfold_batch(out, size)
+    return rule
+
+
+register_vmap(max_pool2d, _fold_vmap(max_pool2d, 1))
+register_vmap(max_pool2d_with_indices, _fold_vmap(max_pool2d_with_indices, 1))
+register_vmap(max_pool2d_backward, _fold_vmap(max_pool2d_backward, 2))
+register_vmap(max_pool2d_gather, _fold_vmap(max_pool2d_gather, 2))
