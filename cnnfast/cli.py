@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "train": ("cnnfast.train", "train a CNN on cnnfast's layers, or fine-tune a pretrained one"),
     "bench": ("cnnfast.bench.cli", "time the layers against cuDNN/oneDNN and torch.compile, with rooflines"),
+    "build-extension": ("cnnfast.build", "compile the C++/CUDA kernels (cnnfast._C) for the installed torch"),
 }
 
 _USAGE = "usage: cnnfast [-h] [--version] <command> [options]"
