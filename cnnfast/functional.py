@@ -134,10 +134,10 @@ def _pool_geometry(size, kernel_size, stride, padding, dilation, ceil_mode, chan
         raise ValueError(f"{op}: stride should be greater than zero, but got {stride}")
     if min(dilation) <= 0:
         raise ValueError(f"{op}: dilation should be greater than zero, but got {dilation}")
-    for p, k, d in zip(padding, kernel_size, dilation):
-        if p < 0 or p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"{op}: pad should be at most half of effective kernel size, but got "
-                             f"pad={p}, kernel_size={k} and dilation={d}")
+    # PyTorch's rule: half of the kernel size, whatever the dilation.
+    if min(padding) < 0 or padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"{op}: pad should be smaller than or equal to half of kernel size, but got "
+                         f"padW = {padding[1]}, padH = {padding[0]}, kW = {kernel_size[1]}, kH = {kernel_size[0]}")
     out_size = tuple(_pool_out(s, k, st, p, d, ceil_mode)
                      for s, k, st, p, d in zip(size, kernel_size, stride, padding, dilation))
     if min(out_size) < 1:
