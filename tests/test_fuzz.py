@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 pytestmark = pytest.mark.skipif("cpu" not in cnnfast.backends.available("cpu"), reason="backend 'cpu' is not built")
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 DTYPES = [torch.float32] * 6 + [torch.float64, torch.int64, torch.complex64]
 ERRORS = (RuntimeError, ValueError, TypeError)
