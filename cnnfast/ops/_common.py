@@ -100,8 +100,9 @@ def register_autograd(op, setup, backward, name: str, *, eager=eager_path, trace
     ``setup(ctx, inputs, output)`` saves what the backward needs; ``backward(ctx, *grads, path)`` returns
     the gradients of the leading inputs, reaching the gradient ops through ``path``: ``traced`` under
     ``register_autograd``, ``eager`` in the Function, ``func`` in the torch.func Function. By default
-    ``path(op)`` is the op itself, eagerly ``eager_path(op)``, under torch.func ``func_path(op)``. The Function is written in the classic ``forward(ctx, ...)`` form: a
-    separate setup_context costs an inspect.signature bind per call.
+    ``path(op)`` is the op itself, eagerly ``eager_path(op)``, under torch.func ``func_path(op)``. The
+    eager Function is written in the classic ``forward(ctx, ...)`` form: a separate setup_context costs
+    an inspect.signature bind per call (torch.func needs that form: it gets a Function of its own).
     """
     forward_fn = _DIRECT[op]
     inputs = len(inspect.signature(forward_fn).parameters)
@@ -142,23 +143,23 @@ def batched_first(t, dim, size):
 def fold_batch(t, dim, size):
     """(B, N, ...) -> (B*N, ...)."""
     t = batched_first(t, dim, size)
-    return None if t is None else t.reshape(-1, *t.shape[2:])
+    return None if t is None else t.reshape(size * t.shape[1], *t.shape[2:])
 
 
 def unfold_batch(t, size):
     """(B*N, ...) -> (B, N, ...)."""
-    return t.reshape(size, -1, *t.shape[1:])
+    return t.reshape(size, t.shape[0] // size, *t.shape[1:])
 
 
 def fold_channels(t, dim, size):
     """(B, N, C, H, W) -> (N, B*C, H, W)."""
     t = batched_first(t, dim, size)
-    return t.transpose(0, 1).reshape(t.shape[1], -1, *t.shape[3:])
+    return t.transpose(0, 1).reshape(t.shape[1], size * t.shape[2], *t.shape[3:])
 
 
 def unfold_channels(t, size):
     """(N, B*C, H, W) -> (B, N, C, H, W)."""
-    return t.reshape(t.shape[0], size, -1, *t.shape[2:]).transpose(0, 1)
+    return t.reshape(t.shape[0], size, t.shape[1] // size, *t.shape[2:]).transpose(0, 1)
 
 
 def register_vmap(op, rule):

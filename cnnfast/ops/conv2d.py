@@ -158,7 +158,7 @@ def _weight_grad_vmap(size, dims, x, grad, weight_size, stride, padding, dilatio
 
 
 def _bias_grad_vmap(size, dims, grad, backend):
-    return conv2d_bias_grad(fold_channels(grad, dims[0], size), backend).view(size, -1)
+    return unfold_batch(conv2d_bias_grad(fold_channels(grad, dims[0], size), backend), size)
 
 
 register_vmap(conv2d, _conv2d_vmap)

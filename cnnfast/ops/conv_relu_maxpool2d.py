@@ -212,7 +212,7 @@ def _backward_vmap(size, dims, grad, x, weight, pos, stride, padding, dilation, 
     out = conv_relu_maxpool2d_backward(fold_channels(grad, dims[0], size), fold_channels(x, dims[1], size),
                                        fold_batch(weight, dims[2], size), fold_channels(pos, dims[3], size),
                                        stride, padding, dilation, groups * size, *rest)
-    return unfold_channels(out, size) if which == 0 else out.view(size, -1, *out.shape[1:])
+    return unfold_channels(out, size) if which == 0 else unfold_batch(out, size)
 
 
 register_vmap(conv_relu_maxpool2d, _forward_vmap(conv_relu_maxpool2d))
