@@ -11,8 +11,11 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST_BACKENDS, assert_matches, rand
 
+import cnnfast
 import cnnfast.functional as cf
 from cnnfast.ops import _common
+
+needs_cpu = pytest.mark.skipif("cpu" not in cnnfast.backends.available("cpu"), reason="backend 'cpu' is not built")
 
 CONV = dict(stride=1, padding=1)
 POOL = dict(kernel_size=3, stride=2, padding=1)  # overlapping windows: a cell can win twice
@@ -76,6 +79,7 @@ def test_max_pool2d_hessian_vector_product_is_not_silently_wrong(fast_backend):
     assert err < 1e-6, f"Hessian-vector product off by a relative {err:.3g}"
 
 
+@needs_cpu
 def test_conv2d_third_order_matches_float64_reference():
     """The gradient ops' own backward is differentiable again (conv2d is linear in each argument)."""
     x, w = rand(1, 2, 5, 5, requires_grad=True), rand(3, 2, 3, 3, requires_grad=True)
@@ -90,6 +94,7 @@ def test_conv2d_third_order_matches_float64_reference():
         assert_matches(got, ref, torch.float32, what="third-order gradient")
 
 
+@needs_cpu
 def test_first_order_backward_records_nothing():
     x, w = rand(1, 2, 5, 5, requires_grad=True), rand(3, 2, 3, 3, requires_grad=True)
     y = cf.conv_relu_maxpool2d(x, w, padding=1, backend="cpu")
@@ -103,3 +108,31 @@ def test_torch_backend_passes_gradgradcheck_in_float64(name):
     shapes = ((1, 1, 4, 3),) if name == "max_pool2d" else ((1, 1, 4, 3), (2, 1, 2, 2), (2,))
     inputs = [rand(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
     assert torch.autograd.gradgradcheck(op, inputs)
+
+
+def _gradient_op_samples(backend):
+    from cnnfast.ops import conv2d as conv_ops, conv_relu_maxpool2d as fused_ops, max_pool2d as pool_ops
+    x, w, g = rand(2, 3, 7, 6, requires_grad=True), rand(4, 3, 3, 3, requires_grad=True), rand(2, 4, 7, 6,
+                                                                                               requires_grad=True)
+    conv = ([1, 1], [1, 1], [1, 1], 1)
+    yield conv_ops.conv2d_input_grad, (g, w, [7, 6], *conv, False, False, backend)
+    yield conv_ops.conv2d_weight_grad, (x, g, [4, 3, 3, 3], *conv, False, False, backend)
+    yield conv_ops.conv2d_bias_grad, (g, backend)
+    pool = ([2, 2], [2, 2], [0, 0], [1, 1])
+    _, idx = pool_ops.max_pool2d_with_indices(x.detach(), *pool, [3, 3], False, backend)
+    gp = rand(2, 3, 3, 3, requires_grad=True)
+    yield pool_ops.max_pool2d_backward, (gp, idx, [7, 6], *pool, False, backend)
+    yield pool_ops.max_pool2d_gather, (x, idx, *pool, False, backend)
+    fused_geometry = (*conv, [7, 6], *pool)
+    _, pos = fused_ops.conv_relu_maxpool2d_with_pos(x.detach(), w.detach(), None, *fused_geometry, [3, 3], False,
+                                                    False, backend)
+    g_pooled = rand(2, 4, 3, 3, requires_grad=True)
+    for which in range(3):
+        yield fused_ops.conv_relu_maxpool2d_backward, (g_pooled, x, w, pos, *fused_geometry, which, False, False,
+                                                      backend)
+
+
+@needs_cpu
+def test_gradient_ops_pass_opcheck_with_their_own_autograd():
+    for op, args in _gradient_op_samples("cpu"):
+        torch.library.opcheck(op, args)
