@@ -70,7 +70,7 @@ def test_kernel_host_code_has_no_synchronising_call():
 
 def _capture_and_replay(model, x):
     """Eager step, then the same step captured in a CUDA graph and replayed: (eager, replayed) outputs
-    and input gradients."""
+    and parameter gradients."""
     def step(inp):
         model.zero_grad(set_to_none=False)
         out = model(inp)
@@ -107,11 +107,9 @@ def test_forward_and_backward_capture_in_a_cuda_graph_and_replay_identically(mod
         m, x = cnnfast.Net(backend=backend).cuda(), torch.randn(8, 3, 32, 32, device="cuda")
     else:
         torchvision = pytest.importorskip("torchvision")
-        with cnnfast.backends.use(backend):
-            m = cnnfast.convert(torchvision.models.resnet18(num_classes=10)).cuda()
+        m = cnnfast.convert(torchvision.models.resnet18(num_classes=10), backend=backend).cuda()
         x = torch.randn(2, 3, 64, 64, device="cuda")
-    with cnnfast.backends.use(backend):
-        (eager_out, eager_grads), (out, grads) = _capture_and_replay(m, x)
+    (eager_out, eager_grads), (out, grads) = _capture_and_replay(m, x)
     assert torch.equal(out, eager_out)
     for g, e in zip(grads, eager_grads):
         assert torch.equal(g, e)
