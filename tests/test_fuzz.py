@@ -107,3 +107,36 @@ def test_tensors_on_different_devices_are_refused_in_pytorch_words():
     meta_w = torch.empty(2, 3, 3, 3, device="meta")
     with pytest.raises(RuntimeError, match="input is on cpu but weight is on meta"):
         cf.conv2d(torch.randn(1, 3, 5, 5), meta_w, backend="cpu")
+
+
+@SETTINGS
+@given(n=st.integers(0, 2), c=st.integers(1, 3), k=st.integers(1, 3), h=st.integers(1, 8), w=st.integers(1, 8),
+       kernel=st.integers(1, 3), padding=st.integers(0, 1), pool=st.integers(1, 3),
+       pool_stride=st.one_of(st.none(), st.integers(1, 2)), pool_padding=st.integers(0, 1),
+       ceil_mode=st.booleans(), dtype=st.sampled_from(DTYPES[:-1]), layout=LAYOUTS, seed=st.integers(0, 2**16))
+def test_conv_relu_maxpool2d_fuzz_matches_pytorch(n, c, k, h, w, kernel, padding, pool, pool_stride, pool_padding,
+                                                  ceil_mode, dtype, layout, seed):
+    """Values and errors; its gradients (where rounding decides between near-equal maxima) are checked
+    against routed float64 gradients in test_fused.py."""
+    x = _tensor((n, c, h, w), dtype, layout, seed)
+    weight = _tensor((k, c, kernel, kernel), dtype, "contiguous", seed + 1)
+    b = _tensor((k,), dtype, "contiguous", seed + 2)
+    pool_kwargs = dict(stride=pool_stride, padding=pool_padding, ceil_mode=ceil_mode)
+
+    def ours():
+        return cf.conv_relu_maxpool2d(x, weight, b, padding=padding, pool_kernel_size=pool, pool_stride=pool_stride,
+                                      pool_padding=pool_padding, pool_ceil_mode=ceil_mode, backend="cpu")
+
+    def stock(x=x, weight=weight, b=b):
+        return F.max_pool2d(F.relu(F.conv2d(x, weight, b, padding=padding)), pool, **pool_kwargs)
+    try:
+        stock()
+    except ERRORS:
+        with pytest.raises(ERRORS):
+            ours()
+        return
+    if dtype != torch.float32:
+        with pytest.raises(TypeError, match="backend 'cpu' supports float32, float16 and bfloat16"):
+            ours()
+        return
+    assert_matches(ours(), stock(x.double(), weight.double(), b.double()), torch.float32)
