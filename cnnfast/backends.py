@@ -74,11 +74,53 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
+# Why the extension is missing (a sentence), or None.
+_EXTENSION_PROBLEM = None
+
+
 def _load_extension():
+    """cnnfast._C from the package, else the one ``cnnfast build-extension`` put in the cache folder for
+    this torch; None (and ``_EXTENSION_PROBLEM`` says why) when neither loads."""
+    global _EXTENSION_PROBLEM
     try:
         return importlib.import_module("cnnfast._C")
-    except ImportError:
-        return None
+    except ImportError as e:
+        # An "undefined symbol" here means it was built against another torch.
+        packaged = None if "No module named" in str(e) or "import of cnnfast._C halted" in str(e) else str(e)
+    import json
+    import sys
+
+    import torch
+
+    from .build import STAMP, cache_dir, extension_dir
+    folder = extension_dir(torch.__version__)
+    built = sorted(folder.glob("_C*.so")) + sorted(folder.glob("_C*.pyd"))
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        stamp = None
+    if built and stamp is not None and stamp.get("torch") == torch.__version__:
+        spec = importlib.util.spec_from_file_location("cnnfast._C", built[0])
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except ImportError as e:
+            _EXTENSION_PROBLEM = f"the extension in {folder} does not load ({e})"
+            return None
+        sys.modules["cnnfast._C"] = module
+        sys.modules["cnnfast"]._C = module
+        return module
+    others = sorted(p.name[len("torch-"):] for p in (cache_dir() / "extension").glob("torch-*")
+                    if (p / STAMP).is_file()) if (cache_dir() / "extension").is_dir() else []
+    if packaged is not None:
+        _EXTENSION_PROBLEM = (f"cnnfast._C does not load with torch {torch.__version__} (built for another "
+                              f"torch? {packaged.splitlines()[0]})")
+    elif others:
+        _EXTENSION_PROBLEM = (f"the extension in cnnfast's cache was built for torch {', '.join(others)}, "
+                              f"not for the installed torch {torch.__version__}")
+    else:
+        _EXTENSION_PROBLEM = "cnnfast was installed without its compiled kernels (cnnfast._C)"
+    return None
 
 
 # Looked up once, at import: resolve() runs inside torch.compile's graphs, and dynamo cannot trace
@@ -113,14 +155,16 @@ def _why_unavailable(name: str, device: torch.device):
         if device.type != name:
             return f"backend {name!r} runs on {name} tensors, not on a {device.type} tensor"
         if not _EXTENSION_HAS[name]:
-            return (f"backend {name!r} is not available: cnnfast was installed without its compiled "
-                    f"{name.upper()} kernels (cnnfast._C)")
+            if _EXTENSION is not None:
+                return (f"backend {name!r} is not available: cnnfast._C was built without its {name.upper()} "
+                        "kernels" + (" or no CUDA device is available" if name == "cuda" else ""))
+            return f"backend {name!r} is not available: {_EXTENSION_PROBLEM}; run `cnnfast build-extension`"
         return None
     if name == "emulated_cuda":
         if device.type != "cpu":
             return f"backend 'emulated_cuda' runs the CUDA kernels on cpu tensors, not on a {device.type} tensor"
         if not _EXTENSION_HAS[name]:
-            return "backend 'emulated_cuda' is not available: cnnfast was installed without cnnfast._C"
+            return f"backend 'emulated_cuda' is not available: {_EXTENSION_PROBLEM}; run `cnnfast build-extension`"
         return None
     raise AssertionError(name)
 

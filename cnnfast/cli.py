@@ -8,6 +8,7 @@ COMMANDS = {
     "train": ("cnnfast.train", "train a CNN on cnnfast's layers, or fine-tune a pretrained one"),
     "bench": ("cnnfast.bench.cli", "time the layers against cuDNN/oneDNN and torch.compile, with rooflines"),
     "tune": ("cnnfast.tune.cli", "measure the fastest backend and config for every layer of a model, cached"),
+    "build-extension": ("cnnfast.build", "compile the C++/CUDA kernels (cnnfast._C) for the installed torch"),
 }
 
 _USAGE = "usage: cnnfast [-h] [--version] <command> [options]"

@@ -55,11 +55,19 @@ def _check_same(input: torch.Tensor, other: torch.Tensor, name: str, op: str):
 
 
 def _autocast(op_device: str, *tensors):
-    """Cast floating tensors to the autocast dtype when autocast is on (conv runs in lower precision)."""
-    if not torch.is_autocast_enabled(op_device):
+    """Cast floating tensors to the autocast dtype when autocast is on (conv runs in lower precision).
+    Meta tensors have no autocast state (torch.is_autocast_enabled refuses the device type)."""
+    if op_device == "meta" or not torch.is_autocast_enabled(op_device):
         return tensors
     dtype = torch.get_autocast_dtype(op_device)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+def _on_meta(backend, x):
+    """The backend for input ``x``: on meta tensors (shape inference, deferred initialisation) there is
+    no kernel to run, whatever was asked: stock PyTorch's meta functions give the shapes, strides and
+    dtypes (after the same argument checks)."""
+    return "torch" if x.is_meta else backend
 
 
 def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
@@ -126,10 +134,10 @@ def _pool_geometry(size, kernel_size, stride, padding, dilation, ceil_mode, chan
         raise ValueError(f"{op}: stride should be greater than zero, but got {stride}")
     if min(dilation) <= 0:
         raise ValueError(f"{op}: dilation should be greater than zero, but got {dilation}")
-    for p, k, d in zip(padding, kernel_size, dilation):
-        if p < 0 or p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"{op}: pad should be at most half of effective kernel size, but got "
-                             f"pad={p}, kernel_size={k} and dilation={d}")
+    # PyTorch's rule: half of the kernel size, whatever the dilation.
+    if min(padding) < 0 or padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"{op}: pad should be smaller than or equal to half of kernel size, but got "
+                         f"padW = {padding[1]}, padH = {padding[0]}, kW = {kernel_size[1]}, kH = {kernel_size[0]}")
     out_size = tuple(_pool_out(s, k, st, p, d, ceil_mode)
                      for s, k, st, p, d in zip(size, kernel_size, stride, padding, dilation))
     if min(out_size) < 1:
@@ -158,6 +166,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """``torch.nn.functional.conv2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
     op = "conv2d"
     x, unbatched = _batched(input, op)
+    backend = _on_meta(backend, x)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
     stride_, pad, dilation_, out_size = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     args = (x, weight, bias, stride_, pad, dilation_, groups, out_size, is_channels_last(x) or is_channels_last(weight),
@@ -175,6 +184,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """``torch.nn.functional.max_pool2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
     op = "max_pool2d"
     x, unbatched = _batched(input, op)
+    backend = _on_meta(backend, x)
     _check_pool_input(x, op)
     kernel_size, stride, padding, dilation, out_size = _pool_geometry(
         x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode, x.shape[1], op)
@@ -203,6 +213,7 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     """
     op = "conv_relu_maxpool2d"
     x, unbatched = _batched(input, op)
+    backend = _on_meta(backend, x)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
     stride_, pad, dilation_, conv_out = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     pool_kernel, pool_stride, pool_pad, pool_dilation, out_size = _pool_geometry(

@@ -61,7 +61,7 @@ POOL_ERRORS = [
     ((1, 3, 8, 8), dict(kernel_size=0), "kernel_size must be greater than zero"),
     ((1, 3, 8, 8), dict(kernel_size=2, stride=0), "stride should be greater than zero"),
     ((1, 3, 8, 8), dict(kernel_size=2, dilation=0), "dilation should be greater than zero"),
-    ((1, 3, 8, 8), dict(kernel_size=2, padding=2), "pad should be at most half of effective kernel size"),
+    ((1, 3, 8, 8), dict(kernel_size=2, padding=2), "pad should be smaller than or equal to half of kernel size"),
     ((1, 3, 2, 2), dict(kernel_size=3), "Output size is too small"),
     ((1, 3, 8, 8), dict(kernel_size=(2, 2, 2)), "kernel_size must be an int or a tuple of two ints"),
 ]

@@ -8,6 +8,12 @@ on plain tensors run, inside a ``torch.autograd.Function`` when a gradient is wa
 the op module's context setup and its one backward; only how that backward calls the gradient ops
 differs. Op functions take their int lists as tuples, as the launchers do: the front end passes
 tuples, and the custom ops convert the lists the dispatcher gives them.
+
+Double backward: every gradient op has a backward of its own (written in cnnfast's ops again), so a
+backward run with ``create_graph=True`` is recorded like any forward. Autograd runs a backward with
+grad mode on exactly then; only then does the eager path go through the gradient ops' Functions (one
+``torch.is_grad_enabled()`` on the first-order path). The traced path needs nothing: the gradient
+custom ops carry their own ``register_autograd``.
 """
 import inspect
 
@@ -16,6 +22,11 @@ from torch import Tensor
 
 # Op -> the function it was made from: the same computation without torch.library's dispatch.
 _DIRECT = {}
+# Op -> its eager autograd.Function (ops given a backward by register_autograd).
+_FUNCTIONS = {}
+# Op -> its autograd.Function for torch.func transforms (setup_context form, vmap rule generated
+# from the custom ops' own): torch.library's register_autograd does not serve torch.func.grad.
+_FUNC_FUNCTIONS = {}
 
 
 def custom_op(name: str, fake):
@@ -55,21 +66,43 @@ def wants_grad(*tensors) -> bool:
 def run(op, function, tensors, args):
     """``op(*args)`` the fastest way: eager calls on plain ``tensors`` (None allowed) run
     ``function.apply`` (the op's eager autograd.Function), or op's function alone when ``function`` is
-    None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op."""
+    None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op:
+    under torch.compile, on tensor subclasses, inside torch.func transforms (whose wrapped tensors are
+    plain Tensors to ``type``)."""
+    if torch._C._are_functorch_transforms_active():
+        return func_path(op)(*args)
     if torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors):
         return op(*args)
     return _DIRECT[op](*args) if function is None else function.apply(*args)
 
 
-def register_autograd(op, setup, backward, name: str, *, eager=_DIRECT.__getitem__, traced=lambda op: op):
+def func_path(op):
+    """How code under torch.func transforms calls ``op``: through its torch.func Function if it has a
+    backward, else the custom op (its batching rule)."""
+    function = _FUNC_FUNCTIONS.get(op)
+    return op if function is None else function.apply
+
+
+def eager_path(op):
+    """How a backward on the eager path calls the gradient op ``op``: its plain function, or, when the
+    backward is being recorded (``create_graph=True``: grad mode is on), its autograd.Function."""
+    if torch.is_grad_enabled():
+        function = _FUNCTIONS.get(op)
+        if function is not None:
+            return function.apply
+    return _DIRECT[op]
+
+
+def register_autograd(op, setup, backward, name: str, *, eager=eager_path, traced=lambda op: op, func=func_path):
     """Give ``op`` (a forward custom op) its backward on both paths; return the eager autograd.Function,
     a class called ``name``.
 
     ``setup(ctx, inputs, output)`` saves what the backward needs; ``backward(ctx, *grads, path)`` returns
     the gradients of the leading inputs, reaching the gradient ops through ``path``: ``traced`` under
-    ``register_autograd``, ``eager`` in the Function. By default ``path(op)`` is the op itself, or
-    eagerly its plain function. The Function is written in the classic ``forward(ctx, ...)`` form: a
-    separate setup_context costs an inspect.signature bind per call.
+    ``register_autograd``, ``eager`` in the Function, ``func`` in the torch.func Function. By default
+    ``path(op)`` is the op itself, eagerly ``eager_path(op)``, under torch.func ``func_path(op)``. The
+    eager Function is written in the classic ``forward(ctx, ...)`` form: a separate setup_context costs
+    an inspect.signature bind per call (torch.func needs that form: it gets a Function of its own).
     """
     forward_fn = _DIRECT[op]
     inputs = len(inspect.signature(forward_fn).parameters)
@@ -86,5 +119,53 @@ def register_autograd(op, setup, backward, name: str, *, eager=_DIRECT.__getitem
         return output
 
     op.register_autograd(backward_via(traced), setup_context=setup)
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
-                                                    "backward": staticmethod(backward_via(eager))})
+    function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                        "backward": staticmethod(backward_via(eager))})
+    _FUNCTIONS[op] = function
+    _FUNC_FUNCTIONS[op] = type(f"{name}ForTorchFunc", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup), "backward": staticmethod(backward_via(func))})
+    return function
+
+
+# --- torch.func.vmap: batching rules ---------------------------------------------------------------
+# A vmapped dimension of size B is folded into the batch, (B, N, ...) -> (B*N, ...), where only the
+# input is batched; where weights are batched too, it is folded into the channels with B times the
+# groups, (B, N, C, H, W) -> (N, B*C, H, W) and weights (B, K, ...) -> (B*K, ...): one call either way.
+
+def batched_first(t, dim, size):
+    """``t`` with its vmapped dimension first (expanded to ``size`` when it has none); None stays None."""
+    if t is None:
+        return None
+    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+
+def fold_batch(t, dim, size):
+    """(B, N, ...) -> (B*N, ...)."""
+    t = batched_first(t, dim, size)
+    return None if t is None else t.reshape(size * t.shape[1], *t.shape[2:])
+
+
+def unfold_batch(t, size):
+    """(B*N, ...) -> (B, N, ...)."""
+    return t.reshape(size, t.shape[0] // size, *t.shape[1:])
+
+
+def fold_channels(t, dim, size):
+    """(B, N, C, H, W) -> (N, B*C, H, W)."""
+    t = batched_first(t, dim, size)
+    return t.transpose(0, 1).reshape(t.shape[1], size * t.shape[2], *t.shape[3:])
+
+
+def unfold_channels(t, size):
+    """(N, B*C, H, W) -> (B, N, C, H, W)."""
+    return t.reshape(t.shape[0], size, t.shape[1] // size, *t.shape[2:]).transpose(0, 1)
+
+
+def register_vmap(op, rule):
+    """Give ``op`` the batching rule ``rule(size, dims, *args) -> outputs`` (every output batched in
+    dimension 0); ``dims``: the vmapped dimension of each argument (None: not batched)."""
+    def batching_rule(info, in_dims, *args):
+        out = rule(info.batch_size, in_dims, *args)
+        return out, (tuple(0 for _ in out) if isinstance(out, tuple) else 0)
+    op.register_vmap(batching_rule)

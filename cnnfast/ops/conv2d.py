@@ -1,6 +1,10 @@
 """conv2d: the custom op ``cnnfast::conv2d``, its gradient ops (input_grad, weight_grad, bias_grad),
 their fake kernels and the one backward both paths use (see ``_common``).
 
+The gradient ops are differentiable in turn, in terms of the same three ops (double backward): the
+input gradient is linear in (grad, weight), the weight gradient in (x, grad), so each of their
+derivatives is a conv2d forward, input_grad or weight_grad with the cotangent in one slot.
+
 Geometry arrives normalised by ``cnnfast.functional``: ``padding = (pad_top, pad_left)`` with the
 output size given explicitly, which is how asymmetric 'same' padding reaches the kernels.
 """
@@ -10,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ..backends import kernels
-from ._common import custom_op, empty, is_channels_last, register_autograd, run, wants_grad
+from ._common import (custom_op, empty, fold_batch, fold_channels, is_channels_last, register_autograd,
+                      register_vmap, run, unfold_batch, unfold_channels, wants_grad)
 
 
 @custom_op("conv2d", fake=lambda x, weight, bias, stride, padding, dilation, groups, out_size, channels_last,
@@ -71,6 +76,56 @@ def _backward(ctx, grad, path):
 _Conv2dFunction = register_autograd(conv2d, _setup, _backward, "_Conv2dFunction")
 
 
+# --- double backward: the gradient ops' own backward ---------------------------------------------
+
+def _grad_setup(ctx, inputs, output):
+    """input_grad(grad, weight, input_size, ...) and weight_grad(x, grad, weight_size, ...) alike: save
+    the two tensors and the geometry."""
+    a, b, _, *conv, _, allow_tf32, backend = inputs
+    ctx.save_for_backward(a, b)
+    ctx.conv = tuple(conv)
+    ctx.options = (allow_tf32, backend)
+
+
+def _input_grad_backward(ctx, v, path):
+    # grad_x = input_grad(grad, weight): d/dgrad = conv2d(v, weight); d/dweight = weight_grad(v, grad).
+    grad, weight = ctx.saved_tensors
+    d_grad = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad = path(conv2d)(v, weight, None, *ctx.conv, tuple(grad.shape[2:]),
+                              is_channels_last(grad), *ctx.options)
+    if ctx.needs_input_grad[1]:
+        d_weight = path(conv2d_weight_grad)(v, grad, tuple(weight.shape), *ctx.conv, is_channels_last(weight),
+                                            *ctx.options)
+    return d_grad, d_weight
+
+
+def _weight_grad_backward(ctx, v, path):
+    # grad_w = weight_grad(x, grad): d/dx = input_grad(grad, v); d/dgrad = conv2d(x, v).
+    x, grad = ctx.saved_tensors
+    d_x = d_grad = None
+    if ctx.needs_input_grad[0]:
+        d_x = path(conv2d_input_grad)(grad, v, tuple(x.shape[2:]), *ctx.conv, is_channels_last(x), *ctx.options)
+    if ctx.needs_input_grad[1]:
+        d_grad = path(conv2d)(x, v, None, *ctx.conv, tuple(grad.shape[2:]), is_channels_last(grad),
+                              *ctx.options)
+    return d_x, d_grad
+
+
+def _bias_grad_setup(ctx, inputs, output):
+    ctx.grad_shape = inputs[0].shape
+
+
+def _bias_grad_backward(ctx, v, path):
+    # grad_b = grad summed over (N, H, W): its derivative broadcasts v back.
+    return (v[None, :, None, None].expand(ctx.grad_shape),)
+
+
+register_autograd(conv2d_input_grad, _grad_setup, _input_grad_backward, "_Conv2dInputGradFunction")
+register_autograd(conv2d_weight_grad, _grad_setup, _weight_grad_backward, "_Conv2dWeightGradFunction")
+register_autograd(conv2d_bias_grad, _bias_grad_setup, _bias_grad_backward, "_Conv2dBiasGradFunction")
+
+
 def run_conv2d(x, weight, bias, *args):
     """``conv2d`` (the custom op's arguments): the eager path or the custom op."""
     function = _Conv2dFunction if wants_grad(x, weight, bias) else None
@@ -97,3 +152,39 @@ def launches(x, weight, bias, stride, padding, dilation, groups, out_size, chann
         if bias is not None and bias.requires_grad:
             yield ("conv2d_bias_grad", (grad,), {})
     return forward, gradients
+
+
+# --- torch.func.vmap (see ``_common``) --------------------------------------------------------------
+
+def _conv2d_vmap(size, dims, x, weight, bias, stride, padding, dilation, groups, *rest):
+    if dims[1] is None and dims[2] is None:
+        return unfold_batch(conv2d(fold_batch(x, dims[0], size), weight, bias, stride, padding, dilation, groups,
+                                   *rest), size)
+    bias = fold_batch(bias, dims[2], size) if bias is not None else None
+    return unfold_channels(conv2d(fold_channels(x, dims[0], size), fold_batch(weight, dims[1], size), bias,
+                                  stride, padding, dilation, groups * size, *rest), size)
+
+
+def _input_grad_vmap(size, dims, grad, weight, input_size, stride, padding, dilation, groups, *rest):
+    if dims[1] is None:
+        return unfold_batch(conv2d_input_grad(fold_batch(grad, dims[0], size), weight, input_size, stride, padding,
+                                              dilation, groups, *rest), size)
+    return unfold_channels(conv2d_input_grad(fold_channels(grad, dims[0], size), fold_batch(weight, dims[1], size),
+                                             input_size, stride, padding, dilation, groups * size, *rest), size)
+
+
+def _weight_grad_vmap(size, dims, x, grad, weight_size, stride, padding, dilation, groups, *rest):
+    # One weight gradient per vmapped slice: never summed over it, so always through the channels.
+    weight_size = (size * weight_size[0], *weight_size[1:])
+    return unfold_batch(conv2d_weight_grad(fold_channels(x, dims[0], size), fold_channels(grad, dims[1], size),
+                                           weight_size, stride, padding, dilation, groups * size, *rest), size)
+
+
+def _bias_grad_vmap(size, dims, grad, backend):
+    return unfold_batch(conv2d_bias_grad(fold_channels(grad, dims[0], size), backend), size)
+
+
+register_vmap(conv2d, _conv2d_vmap)
+register_vmap(conv2d_input_grad, _input_grad_vmap)
+register_vmap(conv2d_weight_grad, _weight_grad_vmap)
+register_vmap(conv2d_bias_grad, _bias_grad_vmap)

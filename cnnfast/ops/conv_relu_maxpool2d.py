@@ -10,6 +10,12 @@ the Triton kernels inside conv2d's gradient kernels as they load it, the CPU ker
 the engine packs it; the CUDA kernels (and so "emulated_cuda") gather it into a float32 temporary of
 the conv output's size for the duration of one gradient op. The bias gradient sums the kept pooled
 gradients directly on every backend.
+
+Double backward: with the window positions fixed, the input gradient is linear in (grad, weight) and
+the weight gradient in (grad, x), as conv2d's are, and the conv-output gradient is grad sent to the
+cells ``pos`` names. So the derivative of the input (weight) gradient with respect to the weight (x)
+is the fused weight (input) gradient with the cotangent in that slot, and with respect to grad it is
+a conv2d of the cotangent gathered at the window positions (``max_pool2d_gather``).
 """
 from typing import List, Optional
 
@@ -19,7 +25,10 @@ from torch import Tensor
 from .. import _stock as stock
 from .._outputs import pos_dtype
 from ..backends import kernels
-from ._common import custom_op, empty, is_channels_last, register_autograd, run
+from ._common import (custom_op, eager_path, empty, fold_batch, fold_channels, func_path, is_channels_last,
+                      register_autograd, register_vmap, run, unfold_batch, unfold_channels)
+from .conv2d import conv2d
+from .max_pool2d import max_pool2d_gather
 
 
 def _outputs(x, weight, pool_kernel, out_size, channels_last, with_pos):
@@ -61,7 +70,10 @@ def conv_relu_maxpool2d_with_pos(x: Tensor, weight: Tensor, bias: Optional[Tenso
 
 def _launch_grads(args, needs, channels_last, allow_tf32, backend):
     """The eager path's gradients: one launcher call for every gradient in ``needs``, a tuple
-    (grad_x, grad_weight, grad_bias), None where not needed. ``args``: the backward op's leading ones."""
+    (grad_x, grad_weight, grad_bias), None where not needed. ``args``: the backward op's leading ones.
+    A backward being recorded (create_graph=True) goes through the backward op's Function instead."""
+    if torch.is_grad_enabled():
+        return _op_grads(args, needs, channels_last, allow_tf32, backend, path=eager_path)
     return kernels(backend).conv_relu_maxpool2d_backward(*args, needs=needs, channels_last=channels_last,
                                                          allow_tf32=allow_tf32)
 
@@ -81,9 +93,10 @@ def conv_relu_maxpool2d_backward(grad: Tensor, x: Tensor, weight: Tensor, pos: T
     return _launch_grads(args, tuple(i == which for i in range(3)), channels_last, allow_tf32, backend)[which]
 
 
-def _op_grads(args, needs, channels_last, allow_tf32, backend):
+def _op_grads(args, needs, channels_last, allow_tf32, backend, path=lambda op: op):
     """The traced path's gradients, as ``_launch_grads``: one backward op for each one needed."""
-    return tuple(conv_relu_maxpool2d_backward(*args, which, channels_last, allow_tf32, backend) if need else None
+    op = path(conv_relu_maxpool2d_backward)
+    return tuple(op(*args, which, channels_last, allow_tf32, backend) if need else None
                  for which, need in enumerate(needs))
 
 
@@ -116,7 +129,59 @@ def _backward(ctx, grad, _grad_pos, path):
 
 _ConvReluMaxpool2dFunction = register_autograd(conv_relu_maxpool2d_with_pos, _setup, _backward,
                                                "_ConvReluMaxpool2dFunction", eager=_launch_grads,
-                                               traced=_op_grads)
+                                               traced=_op_grads,
+                                               func=lambda *args: _op_grads(*args, path=func_path))
+
+
+# --- double backward: the backward op's own backward ----------------------------------------------
+
+def _window_cells(pos, pool_kernel, pool_stride, pool_padding, pool_dilation, conv_out_size):
+    """The conv-output cell (flattened within its plane) each pooled output's maximum came from, 0
+    where ``pos`` is -1 (ReLU kept no gradient), and the mask ``pos >= 0``."""
+    pos = pos.long()
+    ph = torch.arange(pos.shape[2], device=pos.device).view(-1, 1)
+    pw = torch.arange(pos.shape[3], device=pos.device)
+    h = ph * pool_stride[0] - pool_padding[0] + pos.div(pool_kernel[1], rounding_mode="floor") * pool_dilation[0]
+    w = pw * pool_stride[1] - pool_padding[1] + pos.remainder(pool_kernel[1]) * pool_dilation[1]
+    kept = pos >= 0
+    return torch.where(kept, h * conv_out_size[1] + w, 0), kept
+
+
+def _backward_op_setup(ctx, inputs, output):
+    grad, x, weight, pos, stride, padding, dilation, groups, conv_out_size, *pool, which, _, allow_tf32, \
+        backend = inputs
+    ctx.save_for_backward(grad, x, weight, pos)
+    ctx.geometry = tuple(inputs[4:13])
+    ctx.conv = (stride, padding, dilation, groups, conv_out_size)
+    ctx.pool = tuple(pool)
+    ctx.which = which
+    ctx.options = (allow_tf32, backend)
+
+
+def _backward_op_backward(ctx, v, path):
+    grad, x, weight, pos = ctx.saved_tensors
+    op = path(conv_relu_maxpool2d_backward)
+    d_grad = d_x = d_weight = None
+    which = ctx.which
+    if ctx.needs_input_grad[0]:
+        # The cotangent carried to the conv output, then read at the window positions.
+        if which == 2:
+            d_grad = torch.where(pos >= 0, v[None, :, None, None].to(grad.dtype), 0)
+        else:
+            a, b = (v, weight) if which == 0 else (x, v)
+            y = path(conv2d)(a, b, None, *ctx.conv, is_channels_last(grad), *ctx.options)
+            cells, kept = _window_cells(pos, *ctx.pool, ctx.conv[-1])
+            d_grad = torch.where(kept, path(max_pool2d_gather)(y, cells, *ctx.pool, is_channels_last(pos),
+                                                               ctx.options[1]), 0)
+    if which == 1 and ctx.needs_input_grad[1]:
+        d_x = op(grad, x, v, pos, *ctx.geometry, 0, is_channels_last(x), *ctx.options)
+    if which == 0 and ctx.needs_input_grad[2]:
+        d_weight = op(grad, v, weight, pos, *ctx.geometry, 1, is_channels_last(weight), *ctx.options)
+    return d_grad, d_x, d_weight
+
+
+register_autograd(conv_relu_maxpool2d_backward, _backward_op_setup, _backward_op_backward,
+                  "_ConvReluMaxpool2dBackwardFunction")
 
 
 def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):
@@ -143,3 +208,31 @@ def launches(x, weight, bias, *args, with_pos):
         yield ("conv_relu_maxpool2d_backward", (torch.randn_like(out), x, weight, pos, *conv_geometry,
                                                 *pool_geometry), dict(needs=needs, **options))
     return forward, gradients
+
+
+# --- torch.func.vmap (see ``_common``) --------------------------------------------------------------
+
+def _forward_vmap(op):
+    def rule(size, dims, x, weight, bias, stride, padding, dilation, groups, *rest):
+        if dims[1] is None and dims[2] is None:
+            out = op(fold_batch(x, dims[0], size), weight, bias, stride, padding, dilation, groups, *rest)
+            return tuple(unfold_batch(o, size) for o in out) if isinstance(out, tuple) else unfold_batch(out, size)
+        bias = fold_batch(bias, dims[2], size) if bias is not None else None
+        out = op(fold_channels(x, dims[0], size), fold_batch(weight, dims[1], size), bias, stride, padding,
+                 dilation, groups * size, *rest)
+        return tuple(unfold_channels(o, size) for o in out) if isinstance(out, tuple) else unfold_channels(out, size)
+    return rule
+
+
+def _backward_vmap(size, dims, grad, x, weight, pos, stride, padding, dilation, groups, *rest):
+    # Through the channels always: the weight and bias gradients are one per vmapped slice.
+    which = rest[-4]
+    out = conv_relu_maxpool2d_backward(fold_channels(grad, dims[0], size), fold_channels(x, dims[1], size),
+                                       fold_batch(weight, dims[2], size), fold_channels(pos, dims[3], size),
+                                       stride, padding, dilation, groups * size, *rest)
+    return unfold_channels(out, size) if which == 0 else unfold_batch(out, size)
+
+
+register_vmap(conv_relu_maxpool2d, _forward_vmap(conv_relu_maxpool2d))
+register_vmap(conv_relu_maxpool2d_with_pos, _forward_vmap(conv_relu_maxpool2d_with_pos))
+register_vmap(conv_relu_maxpool2d_backward, _backward_vmap)
