@@ -19,16 +19,14 @@ from pathlib import Path
 
 import torch
 
+from ..build import cache_dir
+
 FORMAT = 1
 
 
 def directory() -> Path:
-    """Where the cache files live."""
-    root = os.environ.get("CNNFAST_CACHE_DIR")
-    if root:
-        return Path(root) / "tune"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cnnfast" / "tune"
+    """Where the cache files live: ``tune/`` in cnnfast's cache folder (``cnnfast.build.cache_dir``)."""
+    return cache_dir() / "tune"
 
 
 def _cpu_name() -> str:
