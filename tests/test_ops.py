@@ -13,7 +13,7 @@ def _samples(backend):
     conv = ([1, 1], [1, 1], [1, 1], 1)
     yield conv2d_ops.conv2d, (x, w, b, *conv, [7, 6], False, False, backend)
     yield conv2d_ops.conv2d, (x, w, None, [2, 1], [0, 1], [1, 2], 1, [3, 4], False, False, backend)
-    g = rand(2, 4, 7, 6)  # backward ops have no double backward: their inputs need no grad
+    g = rand(2, 4, 7, 6)  # the gradient ops' own backward (double backward): tests/test_double_backward.py
     yield conv2d_ops.conv2d_input_grad, (g, w.detach(), [7, 6], *conv, False, False, backend)
     yield conv2d_ops.conv2d_weight_grad, (x.detach(), g, [4, 3, 3, 3], *conv, False, False, backend)
     yield conv2d_ops.conv2d_bias_grad, (g, backend)
