@@ -45,7 +45,7 @@ SUITE_DEFS=(
   "net-blocks 40 --suite net --op conv_relu_maxpool2d --batch 256,1024,4096 --dtype tf32,bfloat16,float32 --layout nchw"
   "net-train 25 --suite models --op net_train_step --batch 256,4096 --dtype tf32,bfloat16,float32 --layout nchw"
   "resnet18-convs 35 --suite resnet18 --op conv2d --batch 128 --dtype bfloat16 --layout channels_last,nchw
-   --providers eager,cnnfast:triton,cnnfast:cuda,cnnfast:torch"
+   --providers eager,cnnfast:triton,cnnfast:cuda,cnnfast:torch,cnnfast:auto"
 )
 SUITES=${SUITES:-net-blocks net-train resnet18-convs} BENCH_EXTRA=${BENCH_EXTRA:-}
 BENCH_COMMON="--compile-mode default --formats json,md"

@@ -337,3 +337,22 @@ def test_a_named_backend_tunes_among_its_own_configs(tuner, monkeypatch):
     d = tune.decisions()[-1]
     assert (d.backend, d.config, d.source) == ("triton", 1, "measured") and d.stock_seconds == 0.1
     assert {c for c in calls} == {("triton", 0), ("triton", 1), ("torch", None)}
+
+
+@pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
+@pytest.mark.parametrize("launcher", ["conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
+                                      "max_pool2d_forward", "max_pool2d_backward", "conv_relu_maxpool2d_forward",
+                                      "conv_relu_maxpool2d_backward"])
+def test_every_triton_launcher_has_a_config_space(launcher):
+    from cnnfast.kernels import conv_relu_maxpool2d as fused
+    from cnnfast.kernels.conv2d import configs
+    x, weight, _ = _conv_inputs(grad=False)
+    args = (x, weight, None, (1, 1), (0, 0), (1, 1), 1, (7, 5))
+    found = space._triton_configs(launcher, args, {})
+    lists = {"conv2d_forward": configs.FORWARD_CONFIGS, "conv_relu_maxpool2d_forward": fused.CONFIGS}
+    if launcher == "conv_relu_maxpool2d_backward":
+        assert found == [None]       # its gradient kernels pick their own configs
+    else:
+        assert found and all(isinstance(i, int) for i in found)
+        if launcher in lists:        # the small-reduction direct / FMA paths are candidates here
+            assert len(found) == len(lists[launcher])
