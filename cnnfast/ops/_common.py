@@ -14,11 +14,15 @@ backward run with ``create_graph=True`` is recorded like any forward. Autograd r
 grad mode on exactly then; only then does the eager path go through the gradient ops' Functions (one
 ``torch.is_grad_enabled()`` on the first-order path). The traced path needs nothing: the gradient
 custom ops carry their own ``register_autograd``.
+
+Forward mode (torch.func.jvp, jacfwd, hessian): an op given a ``jvp`` rule has it on its torch.func
+Function only, again in cnnfast's ops, so the eager first-order path carries nothing for it.
 """
 import inspect
 
 import torch
 from torch import Tensor
+from torch._prims_common import is_channels_last_contiguous_2d
 
 # Op -> the function it was made from: the same computation without torch.library's dispatch.
 _DIRECT = {}
@@ -52,15 +56,24 @@ def empty(x: Tensor, shape, channels_last: bool, dtype=None) -> Tensor:
 
 def is_channels_last(t: Tensor) -> bool:
     """Whether ``t`` is in channels_last and not also contiguous (size-1 dimensions make it both)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    if t.dim() != 4 or t.is_contiguous():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        # vmap cannot answer is_contiguous for channels_last (forward mode reaches it with batched
+        # tangents); the strides tell it.
+        return is_channels_last_contiguous_2d(t)
+    return t.is_contiguous(memory_format=torch.channels_last)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def wants_grad(*tensors) -> bool:
-    """Whether autograd would record an op on ``tensors`` (None allowed)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether autograd would record an op on ``tensors`` (None allowed), or a torch.func transform may
+    differentiate it: forward mode leaves ``requires_grad`` unset, and its rules need the saved indices
+    and window positions too."""
+    return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+            or torch._C._are_functorch_transforms_active())
 
 
 def run(op, function, tensors, args):
@@ -80,7 +93,15 @@ def func_path(op):
     """How code under torch.func transforms calls ``op``: through its torch.func Function if it has a
     backward, else the custom op (its batching rule)."""
     function = _FUNC_FUNCTIONS.get(op)
-    return op if function is None else function.apply
+    if function is None:
+        return op
+    return lambda *args: function.apply(*[_Leaf(a) if isinstance(a, (tuple, list)) else a for a in args])
+
+
+class _Leaf(tuple):
+    """An int-list argument as torch.func's pytrees see it: one leaf. The vmap rule torch generates for
+    an autograd.Function's jvp matches tangents (one per argument) with the arguments' flattened
+    pytree, which fails on tuple arguments (torch 2.14); a tuple subclass is not flattened."""
 
 
 def eager_path(op):
@@ -93,7 +114,35 @@ def eager_path(op):
     return _DIRECT[op]
 
 
-def register_autograd(op, setup, backward, name: str, *, eager=eager_path, traced=lambda op: op, func=func_path):
+def sum_terms(terms):
+    """The sum of a jvp's tangent terms, None ones (inputs without a tangent) left out."""
+    terms = [t for t in terms if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+_SAVED = object()  # marks, in a jvp's kept arguments, a tensor saved for forward
+
+
+def _forward_mode(setup, jvp):
+    """The torch.func Function's (setup_context, jvp) for the rule ``jvp(args, outputs, tangents, path)``:
+    the op's arguments and outputs as the forward saw them, one tangent per argument (None where it has
+    none); it returns the outputs' tangents, reaching ops through ``func_path``."""
+    def setup_context(ctx, inputs, output):
+        setup(ctx, inputs, output)
+        outputs = output if isinstance(output, tuple) else (output,)
+        # jvp may read tensors only through save_for_forward; the rest is kept as it came.
+        ctx.save_for_forward(*[a for a in inputs if isinstance(a, Tensor)], *outputs)
+        ctx.jvp_args = tuple(_SAVED if isinstance(a, Tensor) else a for a in inputs)
+
+    def run_jvp(ctx, *tangents):
+        saved = iter(ctx.saved_tensors)
+        args = tuple(next(saved) if a is _SAVED else a for a in ctx.jvp_args)
+        return jvp(args, tuple(saved), tangents, func_path)
+    return setup_context, run_jvp
+
+
+def register_autograd(op, setup, backward, name: str, *, eager=eager_path, traced=lambda op: op, func=func_path,
+                      jvp=None):
     """Give ``op`` (a forward custom op) its backward on both paths; return the eager autograd.Function,
     a class called ``name``.
 
@@ -103,6 +152,8 @@ def register_autograd(op, setup, backward, name: str, *, eager=eager_path, trace
     ``path(op)`` is the op itself, eagerly ``eager_path(op)``, under torch.func ``func_path(op)``. The
     eager Function is written in the classic ``forward(ctx, ...)`` form: a separate setup_context costs
     an inspect.signature bind per call (torch.func needs that form: it gets a Function of its own).
+    ``jvp``: the forward-mode rule (see ``_forward_mode``), given to the torch.func Function only;
+    without one, torch.func.jvp raises.
     """
     forward_fn = _DIRECT[op]
     inputs = len(inspect.signature(forward_fn).parameters)
@@ -122,9 +173,14 @@ def register_autograd(op, setup, backward, name: str, *, eager=eager_path, trace
     function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
                                                         "backward": staticmethod(backward_via(eager))})
     _FUNCTIONS[op] = function
+    func_methods = {"setup_context": staticmethod(setup)}
+    if jvp is not None:
+        func_setup, run_jvp = _forward_mode(setup, jvp)
+        func_methods = {"setup_context": staticmethod(func_setup), "jvp": staticmethod(run_jvp)}
     _FUNC_FUNCTIONS[op] = type(f"{name}ForTorchFunc", (torch.autograd.Function,), {
-        "generate_vmap_rule": True, "forward": staticmethod(lambda *args: op(*args)),
-        "setup_context": staticmethod(setup), "backward": staticmethod(backward_via(func))})
+        "generate_vmap_rule": True,
+        "forward": staticmethod(lambda *args: op(*[tuple(a) if type(a) is _Leaf else a for a in args])),
+        "backward": staticmethod(backward_via(func)), **func_methods})
     return function
 
 

@@ -5,6 +5,10 @@ The gradient ops are differentiable in turn, in terms of the same three ops (dou
 input gradient is linear in (grad, weight), the weight gradient in (x, grad), so each of their
 derivatives is a conv2d forward, input_grad or weight_grad with the cotangent in one slot.
 
+Forward mode (torch.func only): conv2d is linear in x, weight and bias each, so its tangent is
+conv2d(dx, weight) + conv2d(x, dweight) + dbias; the gradient ops are bilinear (the bias gradient
+linear), so theirs is the same op with a tangent in one slot, summed over the slots.
+
 Geometry arrives normalised by ``cnnfast.functional``: ``padding = (pad_top, pad_left)`` with the
 output size given explicitly, which is how asymmetric 'same' padding reaches the kernels.
 """
@@ -15,7 +19,7 @@ from torch import Tensor
 
 from ..backends import kernels
 from ._common import (custom_op, empty, fold_batch, fold_channels, is_channels_last, register_autograd,
-                      register_vmap, run, unfold_batch, unfold_channels, wants_grad)
+                      register_vmap, run, sum_terms, unfold_batch, unfold_channels, wants_grad)
 
 
 @custom_op("conv2d", fake=lambda x, weight, bias, stride, padding, dilation, groups, out_size, channels_last,
@@ -73,7 +77,18 @@ def _backward(ctx, grad, path):
     return grad_x, grad_w, grad_b
 
 
-_Conv2dFunction = register_autograd(conv2d, _setup, _backward, "_Conv2dFunction")
+def conv2d_jvp(args, _outputs, tangents, path):
+    """conv2d's tangent: conv2d(dx, weight) + conv2d(x, dweight) + dbias (the fused op's conv part too)."""
+    x, weight, _, *rest = args
+    dx, dw, db = tangents[:3]
+    out_size = rest[4]
+    return sum_terms([path(conv2d)(dx, weight, None, *rest) if dx is not None else None,
+                      path(conv2d)(x, dw, None, *rest) if dw is not None else None,
+                      db[None, :, None, None].expand(x.shape[0], weight.shape[0], *out_size) if db is not None
+                      else None])
+
+
+_Conv2dFunction = register_autograd(conv2d, _setup, _backward, "_Conv2dFunction", jvp=conv2d_jvp)
 
 
 # --- double backward: the gradient ops' own backward ---------------------------------------------
@@ -121,9 +136,26 @@ def _bias_grad_backward(ctx, v, path):
     return (v[None, :, None, None].expand(ctx.grad_shape),)
 
 
-register_autograd(conv2d_input_grad, _grad_setup, _input_grad_backward, "_Conv2dInputGradFunction")
-register_autograd(conv2d_weight_grad, _grad_setup, _weight_grad_backward, "_Conv2dWeightGradFunction")
-register_autograd(conv2d_bias_grad, _bias_grad_setup, _bias_grad_backward, "_Conv2dBiasGradFunction")
+def _bilinear_jvp(op):
+    """The jvp of ``op``, bilinear in its two leading tensors a, b: op(da, b) + op(a, db)."""
+    def jvp(args, _outputs, tangents, path):
+        a, b, *rest = args
+        da, db = tangents[:2]
+        return sum_terms([path(op)(da, b, *rest) if da is not None else None,
+                          path(op)(a, db, *rest) if db is not None else None])
+    return jvp
+
+
+def _bias_grad_jvp(args, _outputs, tangents, path):
+    return path(conv2d_bias_grad)(tangents[0], *args[1:])
+
+
+register_autograd(conv2d_input_grad, _grad_setup, _input_grad_backward, "_Conv2dInputGradFunction",
+                  jvp=_bilinear_jvp(conv2d_input_grad))
+register_autograd(conv2d_weight_grad, _grad_setup, _weight_grad_backward, "_Conv2dWeightGradFunction",
+                  jvp=_bilinear_jvp(conv2d_weight_grad))
+register_autograd(conv2d_bias_grad, _bias_grad_setup, _bias_grad_backward, "_Conv2dBiasGradFunction",
+                  jvp=_bias_grad_jvp)
 
 
 def run_conv2d(x, weight, bias, *args):

@@ -16,6 +16,10 @@ the weight gradient in (grad, x), as conv2d's are, and the conv-output gradient 
 cells ``pos`` names. So the derivative of the input (weight) gradient with respect to the weight (x)
 is the fused weight (input) gradient with the cotangent in that slot, and with respect to grad it is
 a conv2d of the cotangent gathered at the window positions (``max_pool2d_gather``).
+
+Forward mode (torch.func only): the output's tangent is conv2d's tangent read at the window positions,
+zero where ReLU cut the output (pos == -1); the backward op's is itself with one tangent in a slot it
+is linear in (grad always, the weight for the input gradient, x for the weight gradient).
 """
 from typing import List, Optional
 
@@ -26,8 +30,8 @@ from .. import _stock as stock
 from .._outputs import pos_dtype
 from ..backends import kernels
 from ._common import (custom_op, eager_path, empty, fold_batch, fold_channels, func_path, is_channels_last,
-                      register_autograd, register_vmap, run, unfold_batch, unfold_channels)
-from .conv2d import conv2d
+                      register_autograd, register_vmap, run, sum_terms, unfold_batch, unfold_channels)
+from .conv2d import conv2d, conv2d_jvp
 from .max_pool2d import max_pool2d_gather
 
 
@@ -127,10 +131,21 @@ def _backward(ctx, grad, _grad_pos, path):
     return tuple(grads)
 
 
+def _jvp(args, outputs, tangents, path):
+    """The output's tangent: conv2d's (pre-ReLU) read at the window positions, 0 where ReLU cut it."""
+    x, weight, bias, stride, padding, dilation, groups, conv_out_size, *pool, _, channels_last, allow_tf32, \
+        backend = args
+    y = conv2d_jvp((x, weight, bias, stride, padding, dilation, groups, conv_out_size, channels_last, allow_tf32,
+                    backend), None, tangents, path)
+    pos = outputs[1]
+    cells, kept = _window_cells(pos, *pool, conv_out_size)
+    return torch.where(kept, path(max_pool2d_gather)(y, cells, *pool, is_channels_last(pos), backend), 0), None
+
+
 _ConvReluMaxpool2dFunction = register_autograd(conv_relu_maxpool2d_with_pos, _setup, _backward,
                                                "_ConvReluMaxpool2dFunction", eager=_launch_grads,
                                                traced=_op_grads,
-                                               func=lambda *args: _op_grads(*args, path=func_path))
+                                               func=lambda *args: _op_grads(*args, path=func_path), jvp=_jvp)
 
 
 # --- double backward: the backward op's own backward ----------------------------------------------
@@ -180,8 +195,20 @@ def _backward_op_backward(ctx, v, path):
     return d_grad, d_x, d_weight
 
 
+def _backward_op_jvp(args, _outputs, tangents, path):
+    grad, x, weight, pos, *rest = args
+    d_grad, d_x, d_weight = tangents[:3]
+    which = rest[9]
+    op = path(conv_relu_maxpool2d_backward)
+    # Linear in grad; the input gradient is also linear in the weight, the weight gradient in x; the
+    # bias gradient depends on grad alone.
+    return sum_terms([op(d_grad, x, weight, pos, *rest) if d_grad is not None else None,
+                      op(grad, x, d_weight, pos, *rest) if which == 0 and d_weight is not None else None,
+                      op(grad, d_x, weight, pos, *rest) if which == 1 and d_x is not None else None])
+
+
 register_autograd(conv_relu_maxpool2d_backward, _backward_op_setup, _backward_op_backward,
-                  "_ConvReluMaxpool2dBackwardFunction")
+                  "_ConvReluMaxpool2dBackwardFunction", jvp=_backward_op_jvp)
 
 
 def run_conv_relu_maxpool2d(x, weight, bias, *args, with_pos):

@@ -5,6 +5,9 @@
 Double backward: the input gradient sends each pooled gradient to the cell its index names, so its
 derivative with respect to the pooled gradient is the gather of the cotangent by the same indices
 (``cnnfast::max_pool2d_gather``), and the gather's derivative is the input gradient again.
+
+Forward mode (torch.func only): the pooled output's tangent is the input's tangent gathered at the
+indices; the input gradient and the gather are linear, so their tangents are themselves on the tangent.
 """
 from typing import List
 
@@ -60,7 +63,14 @@ def _backward(ctx, grad, _grad_indices, path):
     return (path(max_pool2d_backward)(grad, indices, *ctx.args),)
 
 
-_MaxPool2dFunction = register_autograd(max_pool2d_with_indices, _setup, _backward, "_MaxPool2dFunction")
+def _jvp(args, outputs, tangents, path):
+    _, *pool, _, channels_last, backend = args
+    # The indices are integers: no tangent.
+    return path(max_pool2d_gather)(tangents[0], outputs[1], *pool, channels_last, backend), None
+
+
+_MaxPool2dFunction = register_autograd(max_pool2d_with_indices, _setup, _backward, "_MaxPool2dFunction",
+                                       jvp=_jvp)
 
 
 # --- double backward -------------------------------------------------------------------------------
@@ -99,9 +109,15 @@ def _pool_backward_backward(ctx, v, path):
     return (path(max_pool2d_gather)(v, indices, *pool, is_channels_last(indices), backend),)
 
 
-register_autograd(max_pool2d_gather, _gather_setup, _gather_backward, "_MaxPool2dGatherFunction")
+def _linear_jvp(op):
+    """The jvp of ``op``, linear in its first argument: ``op`` on that argument's tangent."""
+    return lambda args, _outputs, tangents, path: path(op)(tangents[0], *args[1:])
+
+
+register_autograd(max_pool2d_gather, _gather_setup, _gather_backward, "_MaxPool2dGatherFunction",
+                  jvp=_linear_jvp(max_pool2d_gather))
 register_autograd(max_pool2d_backward, _pool_backward_setup, _pool_backward_backward,
-                  "_MaxPool2dBackwardFunction")
+                  "_MaxPool2dBackwardFunction", jvp=_linear_jvp(max_pool2d_backward))
 
 
 def run_max_pool2d(x, *args, with_indices):
