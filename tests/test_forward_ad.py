@@ -113,3 +113,19 @@ def test_jacfwd_and_hessian_in_channels_last_match_stock(backend):
     for i in range(2):
         for j in range(2):
             assert_matches(got[i][j], ref[i][j], torch.float32, what=f"hessian[{i}][{j}]")
+
+
+@pytest.mark.parametrize("name", ["conv2d", "max_pool2d", "conv_relu_maxpool2d"])
+def test_forward_ad_dual_tensors_carry_their_tangent(name, backend):
+    """torch.autograd.forward_ad on the eager path: the tangent of every input reaches the output."""
+    import torch.autograd.forward_ad as fwAD
+    ours, stock = _pair(name, backend)
+    args, tangents = _args(), _args()
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(a, t) for a, t in zip(args, tangents)]
+        tangent = fwAD.unpack_dual(ours(*duals)).tangent
+    assert tangent is not None, "the tangent was dropped"
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(a.double(), t.double()) for a, t in zip(args, tangents)]
+        ref = fwAD.unpack_dual(stock(*duals)).tangent
+    assert_matches(tangent, ref, torch.float32, what="tangent")

@@ -22,6 +22,7 @@ import inspect
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch._prims_common import is_channels_last_contiguous_2d
 
 # Op -> the function it was made from: the same computation without torch.library's dispatch.
@@ -73,16 +74,22 @@ def wants_grad(*tensors) -> bool:
     differentiate it: forward mode leaves ``requires_grad`` unset, and its rules need the saved indices
     and window positions too."""
     return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-            or torch._C._are_functorch_transforms_active())
+            or _differentiated_forward())
+
+
+def _differentiated_forward() -> bool:
+    """Whether forward-mode AD may be at work: a torch.func transform, or a ``torch.autograd.forward_ad``
+    dual level (dual tensors are plain Tensors to ``type``: without this their tangent would be dropped)."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def run(op, function, tensors, args):
     """``op(*args)`` the fastest way: eager calls on plain ``tensors`` (None allowed) run
     ``function.apply`` (the op's eager autograd.Function), or op's function alone when ``function`` is
     None (nothing to differentiate: Function.apply costs ~15 us even then); the rest runs the custom op:
-    under torch.compile, on tensor subclasses, inside torch.func transforms (whose wrapped tensors are
-    plain Tensors to ``type``)."""
-    if torch._C._are_functorch_transforms_active():
+    under torch.compile, on tensor subclasses; inside torch.func transforms and forward-AD dual levels
+    (whose tensors are plain Tensors to ``type``) the torch.func Functions, which carry the jvp rules."""
+    if _differentiated_forward():
         return func_path(op)(*args)
     if torch.compiler.is_compiling() or not all(t is None or type(t) in _PLAIN for t in tensors):
         return op(*args)
