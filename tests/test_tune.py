@@ -155,6 +155,31 @@ def test_each_direction_is_its_own_choice(tuner):
 
 
 @needs_cpu
+def test_a_training_call_leaves_stock_only_for_a_clear_win_in_total(tuner):
+    """cpu wins the forward alone by 5% (over MARGIN): chosen for that direction, but the call's
+    total gains 1.25% (under PLAN_MARGIN), so the call runs stock PyTorch's own autograd."""
+    speeds, _ = tuner
+    x, weight, bias = _conv_inputs()
+    real = tune.timer
+
+    def fake(fn, device, candidate):
+        return 0.95 if candidate[0] == "cpu" and current[0] == "conv2d_forward" else 2.0 if candidate[0] == "cpu" \
+            else real(fn, device, candidate)
+    current = [None]
+    decide = tune._decide
+
+    def spy(launcher, *args):
+        current[0] = launcher
+        return decide(launcher, *args)
+    import unittest.mock as mock
+    with mock.patch.object(tune, "timer", fake), mock.patch.object(tune, "_decide", spy):
+        y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    assert {d.launcher: d.backend for d in tune.decisions()}["conv2d_forward"] == "cpu"
+    assert "Convolution" in type(y.grad_fn).__name__
+    _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
+
+
+@needs_cpu
 def test_a_choice_is_made_once_then_looked_up(tuner):
     speeds, calls = tuner
     speeds["cpu"] = 0.5
