@@ -1,6 +1,7 @@
 """``cnnfast build-extension``: the build it runs (torch.utils.cpp_extension stubbed: a real build takes
 minutes), and how the package finds, loads or refuses an extension in its cache folder. The loading
 cases run in a fresh interpreter where the package's own ``cnnfast._C`` cannot be imported."""
+import importlib.machinery
 import json
 import os
 import shutil
@@ -14,7 +15,10 @@ import torch
 import cnnfast
 from cnnfast import build, cli
 
-PACKAGED = sorted(Path(cnnfast.__file__).parent.glob("_C*.so"))
+# The extension this interpreter loads: an editable checkout may also hold one built by another Python
+# for another torch (CI builds both), which would not load here.
+PACKAGED = [p for p in (Path(cnnfast.__file__).parent / f"_C{suffix}"
+                        for suffix in importlib.machinery.EXTENSION_SUFFIXES) if p.is_file()]
 
 
 def _fresh(code: str, cache: Path) -> subprocess.CompletedProcess:
