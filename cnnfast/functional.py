@@ -152,12 +152,32 @@ def _check_pool_input(x, op):
                          f"input, but got: {list(x.shape)}")
 
 
-def _stock_if_fastest(name: str, launches) -> str:
+def _stock_if_fastest(name: str, launches, stock, *inputs) -> str:
     """"torch" where "auto" measured stock PyTorch fastest in every direction of the call (it then runs
-    exactly as if cnnfast were not there), else ``name``. ``launches()``: the op module's ``launches``."""
+    exactly as if cnnfast were not there), else ``name``. ``launches()``: the op module's ``launches``;
+    ``stock(*inputs)``: the call in stock PyTorch, whose training call (forward and backward) the
+    tuner times against the choices' total."""
     if name != "auto" or torch.compiler.is_compiling():
         return name
-    return "torch" if tune.stock_is_fastest(*launches()) else name
+    return "torch" if tune.stock_is_fastest(*launches(), _stock_step(stock, inputs)) else name
+
+
+def _stock_step(fn, inputs):
+    """A function running ``fn``'s forward and backward in stock PyTorch on copies of ``inputs``
+    (tensors or None) that ask for the same gradients; the inputs themselves are untouched."""
+    made = []   # (leaves, wanted, output gradient), made by the first step: nothing on the hot path
+
+    def step():
+        with torch.enable_grad():
+            if not made:
+                leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in inputs]
+                made.extend([leaves, [t for t in leaves if t is not None and t.requires_grad], None])
+            out = fn(*made[0])
+            out = out[0] if isinstance(out, tuple) else out
+            if made[2] is None:
+                made[2] = torch.randn_like(out)
+            torch.autograd.grad(out, made[1], made[2])
+    return step
 
 
 # --- public functions --------------------------------------------------------------------------
@@ -171,9 +191,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     stride_, pad, dilation_, out_size = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     args = (x, weight, bias, stride_, pad, dilation_, groups, out_size, is_channels_last(x) or is_channels_last(weight),
             torch.backends.cudnn.allow_tf32)
-    name = _stock_if_fastest(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args))
+    pad_ = padding if isinstance(padding, str) else pad
+    stock = lambda a, w, b: F.conv2d(a, w, b, stride_, pad_, dilation_, groups)  # noqa: E731
+    name = _stock_if_fastest(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args), stock, x, weight,
+                             bias)
     if name == "torch":
-        out = F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_, groups)
+        out = stock(x, weight, bias)
     else:
         out = run_conv2d(*args, name)
     return out.squeeze(0) if unbatched else out
@@ -190,11 +213,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode, x.shape[1], op)
     args = (x, kernel_size, stride, padding, dilation, out_size, is_channels_last(x))
     with_indices = return_indices or wants_grad(x)
+    stock = lambda a: F.max_pool2d(a, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,  # noqa: E731
+                                   return_indices=return_indices)
     name = _stock_if_fastest(backends.resolve(backend, op, x),
-                             lambda: ops.max_pool2d.launches(*args, with_indices=with_indices))
+                             lambda: ops.max_pool2d.launches(*args, with_indices=with_indices), stock, x)
     if name == "torch":
-        result = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
-                              return_indices=return_indices)
+        result = stock(x)
     else:
         result = run_max_pool2d(*args, name, with_indices=with_indices)
         if with_indices and not return_indices:
@@ -221,12 +245,14 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     args = (x, weight, bias, stride_, pad, dilation_, groups, conv_out, pool_kernel, pool_stride, pool_pad,
             pool_dilation, out_size, is_channels_last(x) or is_channels_last(weight), torch.backends.cudnn.allow_tf32)
     with_pos = wants_grad(x, weight, bias)
+    pad_ = padding if isinstance(padding, str) else pad
+    stock = lambda a, w, b: F.max_pool2d(F.relu(F.conv2d(a, w, b, stride_, pad_, dilation_, groups)),  # noqa: E731
+                                         pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
     name = _stock_if_fastest(backends.resolve(backend, op, x),
-                             lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos))
+                             lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos), stock, x, weight,
+                             bias)
     if name == "torch":
-        y = F.relu(F.conv2d(x, weight, bias, stride_, padding if isinstance(padding, str) else pad, dilation_,
-                            groups))
-        out = F.max_pool2d(y, pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
+        out = stock(x, weight, bias)
     else:
         out = run_conv_relu_maxpool2d(*args, name, with_pos=with_pos)
         out = out[0] if with_pos else out

@@ -30,6 +30,8 @@ def tuner(tmp_path, monkeypatch):
     speeds, calls = {}, []
 
     def fake(fn, device, candidate):
+        if candidate == tune.STOCK_STEP:   # stock's whole training call: no faster than its directions unless set
+            return speeds.get(candidate, float("inf"))
         calls.append(candidate)
         return speeds.get(candidate, speeds.get(candidate[0], 1.0))
     monkeypatch.setattr(tune, "timer", fake)
@@ -176,6 +178,21 @@ def test_a_training_call_leaves_stock_only_for_a_clear_win_in_total(tuner):
         y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
     assert {d.launcher: d.backend for d in tune.decisions()}["conv2d_forward"] == "cpu"
     assert "Convolution" in type(y.grad_fn).__name__
+    _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
+
+
+@needs_cpu
+@pytest.mark.parametrize("stock_step, expected", [(2.0, "torch"), (3.5, "cpu")])
+def test_a_training_call_is_judged_against_stock_pytorchs_whole_training_call(tuner, stock_step, expected):
+    """cpu beats stock by 20% in each of the four directions (3.2 s against 4 s), but stock PyTorch's
+    own forward and single backward call take ``stock_step``: the call leaves stock only if 3.2 s wins."""
+    speeds, _ = tuner
+    speeds["cpu"], speeds[tune.STOCK_STEP] = 0.8, stock_step
+    x, weight, bias = _conv_inputs()
+    y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    assert {d.backend for d in tune.decisions()} == {"cpu"} and len(tune.decisions()) == 4
+    assert ("Convolution" in type(y.grad_fn).__name__) == (expected == "torch")
+    assert x.grad is None and weight.grad is None   # timing stock's training call left the inputs alone
     _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
 
 
