@@ -40,6 +40,11 @@ def tuner(tmp_path, monkeypatch):
     tune.clear()
 
 
+def _directions():
+    """The tuner's per-direction decisions (without the rows judging a training call as a whole)."""
+    return [d for d in tune.decisions() if d.launcher != "training call"]
+
+
 def _backward_matches_float64(fn, inputs, y):
     """Run y's backward with a fresh gradient; y and every input's gradient agree with ``fn`` in float64."""
     grad = torch.randn_like(y)
@@ -125,7 +130,7 @@ def test_auto_keeps_stock_unless_a_kernel_wins_by_the_margin(tuner, cpu_time, ex
     speeds["cpu"] = cpu_time
     x, weight, bias = _conv_inputs()
     y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
-    chosen = {d.launcher: d.backend for d in tune.decisions()}
+    chosen = {d.launcher: d.backend for d in _directions()}
     assert chosen == dict.fromkeys(["conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad"],
                                    expected)
     # Stock chosen everywhere: the call is stock PyTorch's own (its autograd node), else cnnfast's.
@@ -151,7 +156,7 @@ def test_each_direction_is_its_own_choice(tuner):
     import unittest.mock as mock
     with mock.patch.object(tune, "timer", fake), mock.patch.object(tune, "_decide", spy):
         y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
-    chosen = {d.launcher: d.backend for d in tune.decisions()}
+    chosen = {d.launcher: d.backend for d in _directions()}
     assert chosen["conv2d_weight_grad"] == "cpu" and chosen["conv2d_forward"] == "torch"
     _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
 
@@ -176,7 +181,7 @@ def test_a_training_call_leaves_stock_only_for_a_clear_win_in_total(tuner):
     import unittest.mock as mock
     with mock.patch.object(tune, "timer", fake), mock.patch.object(tune, "_decide", spy):
         y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
-    assert {d.launcher: d.backend for d in tune.decisions()}["conv2d_forward"] == "cpu"
+    assert {d.launcher: d.backend for d in _directions()}["conv2d_forward"] == "cpu"
     assert "Convolution" in type(y.grad_fn).__name__
     _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
 
@@ -190,7 +195,12 @@ def test_a_training_call_is_judged_against_stock_pytorchs_whole_training_call(tu
     speeds["cpu"], speeds[tune.STOCK_STEP] = 0.8, stock_step
     x, weight, bias = _conv_inputs()
     y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
-    assert {d.backend for d in tune.decisions()} == {"cpu"} and len(tune.decisions()) == 4
+    *directions, plan = tune.decisions()
+    assert {d.backend for d in directions} == {"cpu"} and len(directions) == 4
+    assert (plan.launcher, plan.backend, plan.source) == ("training call", "torch" if expected == "torch" else
+                                                          "as chosen", "plan")
+    assert (plan.seconds, plan.stock_seconds) == pytest.approx((stock_step, stock_step) if expected == "torch" else
+                                                               (3.2, 3.5))
     assert ("Convolution" in type(y.grad_fn).__name__) == (expected == "torch")
     assert x.grad is None and weight.grad is None   # timing stock's training call left the inputs alone
     _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
@@ -343,7 +353,7 @@ def test_compiled_converted_model_has_no_graph_break_and_tunes_only_when_run(tun
     x = torch.randn(2, 3, 12, 12)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     out = compiled(x)            # traced without measuring; the custom ops measure when the graph runs
-    assert all(d.source == "measured" for d in tune.decisions()) and calls
+    assert all(d.source in ("measured", "plan") for d in tune.decisions()) and calls
     torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
 
 
@@ -398,3 +408,13 @@ def test_every_triton_launcher_has_a_config_space(launcher):
         assert found and all(isinstance(i, int) for i in found)
         if launcher in lists:        # the small-reduction direct / FMA paths are candidates here
             assert len(found) == len(lists[launcher])
+
+
+def test_the_tune_tables_total_counts_a_training_calls_plan_instead_of_its_directions():
+    from cnnfast.tune.cli import _totals
+    D = tune.Decision
+    rows = [D("conv2d_forward", "auto", "c", "cpu", None, 1.0, 2.0, "measured", "a"),
+            D("conv2d_input_grad", "auto", "c", "cpu", None, 1.0, 2.0, "measured", "a"),
+            D("training call", "auto", "c", "torch", None, 2.5, 2.5, "plan", "a", 2.0),
+            D("conv2d_forward", "auto", "c", "cpu", None, 1.0, 3.0, "measured", "b")]
+    assert _totals(rows) == (3.5, 5.5)

@@ -394,6 +394,8 @@ def stock_is_fastest(forward, gradients, stock_step=None) -> bool:
         if _LAYER[0] is not None:
             for k in known[1]:
                 _reused(k)
+            if known[2] is not None:
+                _DECISIONS.append(dataclasses.replace(known[2], layer=_LAYER[0], source="reused"))
         return known[0]
     device = _device(args)
     if not _may_tune(args, device):
@@ -410,22 +412,35 @@ def stock_is_fastest(forward, gradients, stock_step=None) -> bool:
             _reused(k)
         keys.append(k)
         answer = answer and choice[0] == "torch"
-    if not answer and len(keys) > 1 and not _plan_wins(keys, stock_step, device):
-        answer = True
-    _STOCK_PLANS[key] = (answer, keys)
+    plan = None
+    if not answer and len(keys) > 1:
+        plan = _plan(keys, stock_step, device)
+        answer = plan is not None and plan.backend == "torch"
+    _STOCK_PLANS[key] = (answer, keys, plan)
     return answer
 
 
-def _plan_wins(keys, stock_step, device) -> bool:
+def _plan(keys, stock_step, device) -> Optional[Decision]:
     """Whether a training call's choices beat stock PyTorch by ``PLAN_MARGIN`` in total: the sum of
     the chosen directions' times against the faster of the sum of stock's per-direction times and
-    stock's whole training call (``stock_step``, timed in ``CPU_RUNS`` rounds on a CPU)."""
+    stock's whole training call (``stock_step``, timed in ``CPU_RUNS`` rounds on a CPU). The answer is
+    a Decision for the call ("training call": backend "torch" where stock PyTorch runs it, "as chosen"
+    where the directions' choices do), or None where not every direction was measured here (cache
+    entries of older files, say): the choices then stand."""
     made = [_MADE.get(k) for k in keys]
     if any(d is None or d.seconds is None or d.stock_seconds is None for d in made):
-        return True   # not all measured here (cache entries of older files, say): the choices stand
+        return None
     stock = sum(d.stock_seconds for d in made)
     if stock_step is not None:
         stock_step()   # warm-up
         rounds = 1 if device.type == "cuda" else CPU_RUNS
         stock = min([stock] + [timer(stock_step, device, STOCK_STEP) for _ in range(rounds)])
-    return sum(d.seconds for d in made) < (1 - PLAN_MARGIN) * stock
+    chosen = sum(d.seconds for d in made)
+    wins = chosen < (1 - PLAN_MARGIN) * stock
+    d = Decision("training call", "auto", made[0].case, "as chosen" if wins else "torch", None,
+                 chosen if wins else stock, stock, "plan", _LAYER[0], chosen)
+    _DECISIONS.append(d)
+    if _verbose():
+        print(f"cnnfast.tune: training call {d.case}: {d.backend} (directions {chosen * 1e3:.3f} ms, stock "
+              f"{stock * 1e3:.3f} ms)", file=sys.stderr)
+    return d

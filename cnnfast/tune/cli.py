@@ -67,22 +67,37 @@ def _ms(s):
     return "-" if s is None else f"{s * 1e3:.3f}"
 
 
+def _totals(decisions):
+    """(chosen, stock) seconds over the decisions: a layer's training-call row (its plan, judged against
+    stock PyTorch's whole training call) stands for its direction rows."""
+    per_layer, planned = {}, {}
+    for i, d in enumerate(decisions):
+        if not (d.seconds and d.stock_seconds):
+            continue
+        key = d.layer if d.layer is not None else i
+        if d.launcher == "training call":
+            planned[key] = (d.seconds, d.stock_seconds)
+        else:
+            chosen, stock = per_layer.get(key, (0.0, 0.0))
+            per_layer[key] = (chosen + d.seconds, stock + d.stock_seconds)
+    per_layer.update(planned)
+    return sum(c for c, _ in per_layer.values()), sum(s for _, s in per_layer.values())
+
+
 def _table(decisions):
     rows = [("layer", "op", "chosen", "config", "ms", "stock ms", "stock/chosen", "best kernel ms", "how")]
-    chosen_total = stock_total = 0.0
+    chosen_total, stock_total = _totals(decisions)
     for d in decisions:
         ratio = f"{d.stock_seconds / d.seconds:.2f}x" if d.seconds and d.stock_seconds else "-"
-        if d.seconds and d.stock_seconds:
-            chosen_total += d.seconds
-            stock_total += d.stock_seconds
         rows.append((d.layer or "-", d.launcher, d.backend, "-" if d.config is None else str(d.config),
                      _ms(d.seconds), _ms(d.stock_seconds), ratio, _ms(d.kernel_seconds), d.source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if stock_total:
-        lines.append(f"\nmeasured directions: {chosen_total * 1e3:.3f} ms chosen, {stock_total * 1e3:.3f} ms stock "
-                     f"PyTorch ({stock_total / chosen_total:.2f}x)")
+        lines.append(f"\nmeasured calls (a training call's plan standing for its directions): "
+                     f"{chosen_total * 1e3:.3f} ms chosen, {stock_total * 1e3:.3f} ms stock PyTorch "
+                     f"({stock_total / chosen_total:.2f}x)")
     return "\n".join(lines)
 
 
