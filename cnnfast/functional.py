@@ -152,19 +152,19 @@ def _check_pool_input(x, op):
                          f"input, but got: {list(x.shape)}")
 
 
-def _stock_if_fastest(name: str, launches, stock, *inputs) -> str:
-    """"torch" where "auto" measured stock PyTorch fastest in every direction of the call (it then runs
-    exactly as if cnnfast were not there), else ``name``. ``launches()``: the op module's ``launches``;
-    ``stock(*inputs)``: the call in stock PyTorch, whose training call (forward and backward) the
-    tuner times against the choices' total."""
+def _stock_if_fastest(name: str, launches, stock, ours, *inputs) -> str:
+    """"torch" where "auto" measured stock PyTorch fastest for the call (it then runs exactly as if
+    cnnfast were not there), else ``name``. ``launches()``: the op module's ``launches``;
+    ``stock(*inputs)`` and ``ours(*inputs)``: the call in stock PyTorch and on the tuner's choices,
+    whose training calls (forward and backward) the tuner times against each other."""
     if name != "auto" or torch.compiler.is_compiling():
         return name
-    return "torch" if tune.stock_is_fastest(*launches(), _stock_step(stock, inputs)) else name
+    return "torch" if tune.stock_is_fastest(*launches(), _step(stock, inputs), _step(ours, inputs)) else name
 
 
-def _stock_step(fn, inputs):
-    """A function running ``fn``'s forward and backward in stock PyTorch on copies of ``inputs``
-    (tensors or None) that ask for the same gradients; the inputs themselves are untouched."""
+def _step(fn, inputs):
+    """A function running ``fn``'s forward and backward on copies of ``inputs`` (tensors or None)
+    that ask for the same gradients; the inputs themselves are untouched."""
     made = []   # (leaves, wanted, output gradient), made by the first step: nothing on the hot path
 
     def step():
@@ -193,8 +193,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             torch.backends.cudnn.allow_tf32)
     pad_ = padding if isinstance(padding, str) else pad
     stock = lambda a, w, b: F.conv2d(a, w, b, stride_, pad_, dilation_, groups)  # noqa: E731
-    name = _stock_if_fastest(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args), stock, x, weight,
-                             bias)
+    name = _stock_if_fastest(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args), stock,
+                             lambda a, w, b: run_conv2d(a, w, b, *args[3:], "auto"), x, weight, bias)
     if name == "torch":
         out = stock(x, weight, bias)
     else:
@@ -216,7 +216,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     stock = lambda a: F.max_pool2d(a, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,  # noqa: E731
                                    return_indices=return_indices)
     name = _stock_if_fastest(backends.resolve(backend, op, x),
-                             lambda: ops.max_pool2d.launches(*args, with_indices=with_indices), stock, x)
+                             lambda: ops.max_pool2d.launches(*args, with_indices=with_indices), stock,
+                             lambda a: run_max_pool2d(a, *args[1:], "auto", with_indices=with_indices), x)
     if name == "torch":
         result = stock(x)
     else:
@@ -249,8 +250,9 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     stock = lambda a, w, b: F.max_pool2d(F.relu(F.conv2d(a, w, b, stride_, pad_, dilation_, groups)),  # noqa: E731
                                          pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
     name = _stock_if_fastest(backends.resolve(backend, op, x),
-                             lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos), stock, x, weight,
-                             bias)
+                             lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos), stock,
+                             lambda a, w, b: run_conv_relu_maxpool2d(a, w, b, *args[3:], "auto", with_pos=with_pos),
+                             x, weight, bias)
     if name == "torch":
         out = stock(x, weight, bias)
     else:

@@ -30,7 +30,7 @@ def tuner(tmp_path, monkeypatch):
     speeds, calls = {}, []
 
     def fake(fn, device, candidate):
-        if candidate == tune.STOCK_STEP:   # stock's whole training call: no faster than its directions unless set
+        if candidate in (tune.STOCK_STEP, tune.CHOSEN_STEP):   # a whole training call: its directions' sum unless set
             return speeds.get(candidate, float("inf"))
         calls.append(candidate)
         return speeds.get(candidate, speeds.get(candidate[0], 1.0))
@@ -187,22 +187,27 @@ def test_a_training_call_leaves_stock_only_for_a_clear_win_in_total(tuner):
 
 
 @needs_cpu
-@pytest.mark.parametrize("stock_step, expected", [(2.0, "torch"), (3.5, "cpu")])
-def test_a_training_call_is_judged_against_stock_pytorchs_whole_training_call(tuner, stock_step, expected):
-    """cpu beats stock by 20% in each of the four directions (3.2 s against 4 s), but stock PyTorch's
-    own forward and single backward call take ``stock_step``: the call leaves stock only if 3.2 s wins."""
+@pytest.mark.parametrize("stock_step, chosen_step, expected", [(2.0, None, "torch"), (3.5, None, "cpu"),
+                                                               (3.5, 3.6, "torch"), (3.5, 3.0, "cpu")])
+def test_a_training_call_is_judged_whole_against_stock_pytorchs(tuner, stock_step, chosen_step, expected):
+    """cpu beats stock by 20% in each of the four directions (3.2 s against 4 s); stock PyTorch's own
+    forward and single backward call take ``stock_step``, the call on the choices ``chosen_step`` (the
+    directions' sum where None): the call leaves stock only if it wins by PLAN_MARGIN."""
     speeds, _ = tuner
     speeds["cpu"], speeds[tune.STOCK_STEP] = 0.8, stock_step
+    if chosen_step is not None:
+        speeds[tune.CHOSEN_STEP] = chosen_step
     x, weight, bias = _conv_inputs()
     y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
     *directions, plan = tune.decisions()
     assert {d.backend for d in directions} == {"cpu"} and len(directions) == 4
     assert (plan.launcher, plan.backend, plan.source) == ("training call", "torch" if expected == "torch" else
                                                           "as chosen", "plan")
-    assert (plan.seconds, plan.stock_seconds) == pytest.approx((stock_step, stock_step) if expected == "torch" else
-                                                               (3.2, 3.5))
+    chosen = 3.2 if chosen_step is None else chosen_step
+    assert (plan.seconds, plan.stock_seconds) == pytest.approx((chosen if expected == "cpu" else stock_step,
+                                                                stock_step))
     assert ("Convolution" in type(y.grad_fn).__name__) == (expected == "torch")
-    assert x.grad is None and weight.grad is None   # timing stock's training call left the inputs alone
+    assert x.grad is None and weight.grad is None   # timing the training calls left the inputs alone
     _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
 
 

@@ -239,8 +239,10 @@ def _warn_once(launcher, candidate, case, why):
 
 
 STOCK = ("torch", None)
-# What the timer is told it runs when it times stock PyTorch's whole training call (``stock_is_fastest``).
+# What the timer is told it runs when it times a whole training call (``stock_is_fastest``): stock
+# PyTorch's, and the one on the directions' choices.
 STOCK_STEP = ("torch", "training call")
+CHOSEN_STEP = ("auto", "training call")
 
 
 def _measure(launcher, requested, key, args, kwargs, pool):
@@ -380,12 +382,13 @@ def dispatch(name: str):
     return backends.launchers(name)
 
 
-def stock_is_fastest(forward, gradients, stock_step=None) -> bool:
+def stock_is_fastest(forward, gradients, stock_step=None, chosen_step=None) -> bool:
     """Under "auto": whether stock PyTorch was chosen for the forward ``(launcher, args, kwargs)`` and
     for every gradient launch that ``gradients()`` lists (the same form; called only the first time).
-    The front end then calls stock PyTorch directly, as if cnnfast were not there. ``stock_step``: a
-    function running stock PyTorch's forward and backward of the call, timed against a training
-    call's choices (its one backward call computes every gradient; per-direction timings miss that)."""
+    The front end then calls stock PyTorch directly, as if cnnfast were not there. A training call
+    whose directions did not all choose stock is judged whole: ``stock_step`` and ``chosen_step`` run
+    its forward and backward in stock PyTorch and on the choices, timed against each other (stock's
+    one backward call computes every gradient; per-direction timings miss that)."""
     launcher, args, kwargs = forward
     wants = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
     key = (_key(launcher, "auto", args, kwargs), wants)
@@ -414,33 +417,40 @@ def stock_is_fastest(forward, gradients, stock_step=None) -> bool:
         answer = answer and choice[0] == "torch"
     plan = None
     if not answer and len(keys) > 1:
-        plan = _plan(keys, stock_step, device)
+        plan = _plan(keys, stock_step, chosen_step, device)
         answer = plan is not None and plan.backend == "torch"
     _STOCK_PLANS[key] = (answer, keys, plan)
     return answer
 
 
-def _plan(keys, stock_step, device) -> Optional[Decision]:
-    """Whether a training call's choices beat stock PyTorch by ``PLAN_MARGIN`` in total: the sum of
-    the chosen directions' times against the faster of the sum of stock's per-direction times and
-    stock's whole training call (``stock_step``, timed in ``CPU_RUNS`` rounds on a CPU). The answer is
-    a Decision for the call ("training call": backend "torch" where stock PyTorch runs it, "as chosen"
-    where the directions' choices do), or None where not every direction was measured here (cache
-    entries of older files, say): the choices then stand."""
+def _plan(keys, stock_step, chosen_step, device) -> Optional[Decision]:
+    """Whether a training call's choices beat stock PyTorch by ``PLAN_MARGIN``: its forward and backward
+    on the choices (``chosen_step``) timed against stock PyTorch's (``stock_step``) in alternating
+    rounds (``CPU_RUNS`` on a CPU), the fastest round of each; where a step is not given (or the timer
+    knows no time for it) the sum of the directions' times stands for it. The answer is a Decision for
+    the call ("training call": backend "torch" where stock PyTorch runs it, "as chosen" where the
+    directions' choices do), or None where not every direction was measured here (cache entries of
+    older files, say): the choices then stand."""
     made = [_MADE.get(k) for k in keys]
     if any(d is None or d.seconds is None or d.stock_seconds is None for d in made):
         return None
-    stock = sum(d.stock_seconds for d in made)
-    if stock_step is not None:
-        stock_step()   # warm-up
-        rounds = 1 if device.type == "cuda" else CPU_RUNS
-        stock = min([stock] + [timer(stock_step, device, STOCK_STEP) for _ in range(rounds)])
-    chosen = sum(d.seconds for d in made)
+    totals = {STOCK_STEP: sum(d.stock_seconds for d in made), CHOSEN_STEP: sum(d.seconds for d in made)}
+    steps = {c: fn for c, fn in ((STOCK_STEP, stock_step), (CHOSEN_STEP, chosen_step)) if fn is not None}
+    for fn in steps.values():
+        fn()   # warm-up
+    times = {c: [] for c in steps}
+    for _ in range(1 if device.type == "cuda" else CPU_RUNS):
+        for c, fn in steps.items():
+            times[c].append(timer(fn, device, c))
+    for c, t in times.items():
+        if min(t) < float("inf"):
+            totals[c] = min(t)
+    chosen, stock = totals[CHOSEN_STEP], totals[STOCK_STEP]
     wins = chosen < (1 - PLAN_MARGIN) * stock
     d = Decision("training call", "auto", made[0].case, "as chosen" if wins else "torch", None,
                  chosen if wins else stock, stock, "plan", _LAYER[0], chosen)
     _DECISIONS.append(d)
     if _verbose():
-        print(f"cnnfast.tune: training call {d.case}: {d.backend} (directions {chosen * 1e3:.3f} ms, stock "
+        print(f"cnnfast.tune: training call {d.case}: {d.backend} (on the choices {chosen * 1e3:.3f} ms, stock "
               f"{stock * 1e3:.3f} ms)", file=sys.stderr)
     return d
