@@ -159,25 +159,7 @@ def _stock_if_fastest(name: str, launches, stock, ours, *inputs) -> str:
     whose training calls (forward and backward) the tuner times against each other."""
     if name != "auto" or torch.compiler.is_compiling():
         return name
-    return "torch" if tune.stock_is_fastest(*launches(), _step(stock, inputs), _step(ours, inputs)) else name
-
-
-def _step(fn, inputs):
-    """A function running ``fn``'s forward and backward on copies of ``inputs`` (tensors or None)
-    that ask for the same gradients; the inputs themselves are untouched."""
-    made = []   # (leaves, wanted, output gradient), made by the first step: nothing on the hot path
-
-    def step():
-        with torch.enable_grad():
-            if not made:
-                leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in inputs]
-                made.extend([leaves, [t for t in leaves if t is not None and t.requires_grad], None])
-            out = fn(*made[0])
-            out = out[0] if isinstance(out, tuple) else out
-            if made[2] is None:
-                made[2] = torch.randn_like(out)
-            torch.autograd.grad(out, made[1], made[2])
-    return step
+    return "torch" if tune.stock_is_fastest(*launches(), stock, ours, inputs) else name
 
 
 # --- public functions --------------------------------------------------------------------------

@@ -382,13 +382,14 @@ def dispatch(name: str):
     return backends.launchers(name)
 
 
-def stock_is_fastest(forward, gradients, stock_step=None, chosen_step=None) -> bool:
+def stock_is_fastest(forward, gradients, stock, chosen, inputs) -> bool:
     """Under "auto": whether stock PyTorch was chosen for the forward ``(launcher, args, kwargs)`` and
     for every gradient launch that ``gradients()`` lists (the same form; called only the first time).
     The front end then calls stock PyTorch directly, as if cnnfast were not there. A training call
-    whose directions did not all choose stock is judged whole: ``stock_step`` and ``chosen_step`` run
-    its forward and backward in stock PyTorch and on the choices, timed against each other (stock's
-    one backward call computes every gradient; per-direction timings miss that)."""
+    whose directions did not all choose stock is judged whole: ``stock(*inputs)`` and
+    ``chosen(*inputs)``, the call in stock PyTorch and on the choices, have their forward and backward
+    timed against each other (stock's one backward call computes every gradient; per-direction
+    timings miss that)."""
     launcher, args, kwargs = forward
     wants = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
     key = (_key(launcher, "auto", args, kwargs), wants)
@@ -417,25 +418,43 @@ def stock_is_fastest(forward, gradients, stock_step=None, chosen_step=None) -> b
         answer = answer and choice[0] == "torch"
     plan = None
     if not answer and len(keys) > 1:
-        plan = _plan(keys, stock_step, chosen_step, device)
+        plan = _plan(keys, stock, chosen, inputs, device)
         answer = plan is not None and plan.backend == "torch"
     _STOCK_PLANS[key] = (answer, keys, plan)
     return answer
 
 
-def _plan(keys, stock_step, chosen_step, device) -> Optional[Decision]:
-    """Whether a training call's choices beat stock PyTorch by ``PLAN_MARGIN``: its forward and backward
-    on the choices (``chosen_step``) timed against stock PyTorch's (``stock_step``) in alternating
-    rounds (``CPU_RUNS`` on a CPU), the fastest round of each; where a step is not given (or the timer
-    knows no time for it) the sum of the directions' times stands for it. The answer is a Decision for
-    the call ("training call": backend "torch" where stock PyTorch runs it, "as chosen" where the
-    directions' choices do), or None where not every direction was measured here (cache entries of
-    older files, say): the choices then stand."""
+def _training_step(fn, inputs):
+    """A function running ``fn``'s forward and backward on copies of ``inputs`` (tensors or None)
+    that ask for the same gradients, with one random output gradient; the inputs are untouched."""
+    leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in inputs]
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+
+    def forward():
+        out = fn(*leaves)
+        return out[0] if isinstance(out, tuple) else out
+    with torch.enable_grad():
+        grad = torch.randn_like(forward())
+
+    def step():
+        with torch.enable_grad():
+            torch.autograd.grad(forward(), wanted, grad)
+    return step
+
+
+def _plan(keys, stock, chosen, inputs, device) -> Optional[Decision]:
+    """Whether a training call's choices beat stock PyTorch by ``PLAN_MARGIN``: its forward and
+    backward on the choices (``chosen(*inputs)``) timed against stock PyTorch's (``stock(*inputs)``)
+    in alternating rounds (``CPU_RUNS`` on a CPU), the fastest round of each; where the timer knows
+    no time for a step (infinity: a test's fake timer) the sum of the directions' times stands for
+    it. The answer is a Decision for the call ("training call": backend "torch" where stock PyTorch
+    runs it, "as chosen" where the directions' choices do), or None where not every direction was
+    measured here (cache entries of older files, say): the choices then stand."""
     made = [_MADE.get(k) for k in keys]
     if any(d is None or d.seconds is None or d.stock_seconds is None for d in made):
         return None
     totals = {STOCK_STEP: sum(d.stock_seconds for d in made), CHOSEN_STEP: sum(d.seconds for d in made)}
-    steps = {c: fn for c, fn in ((STOCK_STEP, stock_step), (CHOSEN_STEP, chosen_step)) if fn is not None}
+    steps = {STOCK_STEP: _training_step(stock, inputs), CHOSEN_STEP: _training_step(chosen, inputs)}
     for fn in steps.values():
         fn()   # warm-up
     times = {c: [] for c in steps}
@@ -445,12 +464,12 @@ def _plan(keys, stock_step, chosen_step, device) -> Optional[Decision]:
     for c, t in times.items():
         if min(t) < float("inf"):
             totals[c] = min(t)
-    chosen, stock = totals[CHOSEN_STEP], totals[STOCK_STEP]
-    wins = chosen < (1 - PLAN_MARGIN) * stock
+    on_choices, on_stock = totals[CHOSEN_STEP], totals[STOCK_STEP]
+    wins = on_choices < (1 - PLAN_MARGIN) * on_stock
     d = Decision("training call", "auto", made[0].case, "as chosen" if wins else "torch", None,
-                 chosen if wins else stock, stock, "plan", _LAYER[0], chosen)
+                 on_choices if wins else on_stock, on_stock, "plan", _LAYER[0], on_choices)
     _DECISIONS.append(d)
     if _verbose():
-        print(f"cnnfast.tune: training call {d.case}: {d.backend} (on the choices {chosen * 1e3:.3f} ms, stock "
-              f"{stock * 1e3:.3f} ms)", file=sys.stderr)
+        print(f"cnnfast.tune: training call {d.case}: {d.backend} (on the choices {on_choices * 1e3:.3f} ms, "
+              f"stock {on_stock * 1e3:.3f} ms)", file=sys.stderr)
     return d
