@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from cnnfast import tune
+
 from . import report, roofline, runner, suites
 
 PACKAGE = Path(__file__).resolve().parent
@@ -86,7 +88,8 @@ def notes(device, compile_mode, settings):
         "that `eager` runs; its compile time is in `first_call_s` in the JSON, not in the timings.",
         "`cnnfast:<backend>` calls `cnnfast.functional` (models: `cnnfast.Net`, `cnnfast.convert`) with that "
         "backend; `cnnfast:torch` is stock PyTorch behind cnnfast's front end, so its ratio is the front end's "
-        "overhead.",
+        "overhead. `cnnfast:auto` is timed after tuning: its first call measures the choices, "
+        f"{tune.CONFIRM_AFTER} more confirm them (all in `first_call_s`).",
         "Every provider's output (and gradients) is checked against a float64 reference before it is timed: "
         "relative error at most " + ", ".join(f"{k} {v:g}" for k, v in runner.TOLERANCE.items())
         + f" ({runner.MODEL_SLACK}× that for whole models), or twice stock eager's own error if larger; a "
