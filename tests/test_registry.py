@@ -395,3 +395,12 @@ def test_argparse_type_names_the_known_backends():
     from cnnfast.train.options import _backend
     with pytest.raises(argparse.ArgumentTypeError, match="unknown cnnfast backend 'nope'.*'triton'"):
         _backend("nope")
+
+
+def test_bench_says_why_a_provider_is_left_out(registered):
+    from cnnfast.bench import runner
+    registered("recorder", Recorder())
+    cpu = torch.device("cpu")
+    assert "unknown cnnfast backend 'nope'" in runner.why_not("cnnfast:nope", cpu)
+    assert "runs on cpu tensors, not on a cuda tensor" in runner.why_not("cnnfast:recorder", torch.device("cuda"))
+    assert "unknown provider 'fast'" in runner.why_not("fast", cpu)
