@@ -404,3 +404,16 @@ def test_bench_says_why_a_provider_is_left_out(registered):
     assert "unknown cnnfast backend 'nope'" in runner.why_not("cnnfast:nope", cpu)
     assert "runs on cpu tensors, not on a cuda tensor" in runner.why_not("cnnfast:recorder", torch.device("cuda"))
     assert "unknown provider 'fast'" in runner.why_not("fast", cpu)
+
+
+def test_bench_and_micro_benchmarks_skip_the_ops_a_backend_lacks(registered):
+    from cnnfast.bench import micro, ops, suites
+    from cnnfast.bench.workload import Unavailable
+    registered("forward-only", ForwardOnly())
+    case = suites.micro_cases("cpu")[0]
+    pool = next(c for c in suites.micro_cases("cpu") if c.op == "max_pool2d")
+    with pytest.raises(Unavailable, match="backend 'forward-only' has no max_pool2d_forward"):
+        ops.build(pool, torch.device("cpu")).make("cnnfast:forward-only")
+    assert ops.build(case, torch.device("cpu")).make("cnnfast:forward-only") is not None
+    ran = {(c.op, p) for c, p in micro.params("cpu")}
+    assert ("conv2d", "cnnfast:forward-only") in ran and ("max_pool2d", "cnnfast:forward-only") not in ran

@@ -7,7 +7,8 @@ compare after it::
 
 The cases are ``cnnfast bench``'s (``suites.micro_cases``: the Net suite's ops at a small batch), the
 providers its too (``runner.providers``: stock eager, each cnnfast backend available here, registered
-ones included, "torch" and "auto"; never torch.compile, whose compilation is not what these measure).
+ones included for the ops they implement, "torch" and "auto"; never torch.compile, whose compilation is
+not what these measure).
 Each provider's result is checked against the float64 reference before it is timed, with the runner's
 tolerance. On a CPU the fixture's clock is ``time.perf_counter``; on a GPU it is ``cuda_event_clock``:
 CUDA events, so a round's time is the GPU's from its first launch to its last. ``-k`` picks backends or
@@ -20,7 +21,7 @@ import torch
 
 from .. import suites
 from ..runner import providers
-from ..workload import COMPILE
+from ..workload import COMPILE, Unavailable, cnnfast_backend, require
 
 
 def device() -> torch.device:
@@ -32,7 +33,17 @@ def params(where=None):
     """The (case, provider) pairs to benchmark on ``where`` (default: ``device()``)."""
     where = torch.device(where) if where is not None else device()
     names = [p for p in providers(where) if p != COMPILE]
-    return [(case, provider) for case in suites.micro_cases(where.type) for provider in names]
+    return [(case, provider) for case in suites.micro_cases(where.type) for provider in names
+            if _runs(provider, case.op)]
+
+
+def _runs(provider, op) -> bool:
+    """Whether ``provider`` implements ``op`` (a registered backend may implement some ops only)."""
+    try:
+        require(cnnfast_backend(provider), (op,))
+    except Unavailable:
+        return False
+    return True
 
 
 _START = []
