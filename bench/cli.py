@@ -125,6 +125,12 @@ def main(argv=None, prog=None):
         torch.backends.cudnn.benchmark = True
     compile_mode = args.compile_mode or ("max-autotune" if gpu else None)
     provider_names = runner.providers(device, args.providers)
+    for provider in args.providers or ():
+        if provider not in provider_names:
+            print(f"cnnfast bench: --providers {provider} left out: {runner.why_not(provider, device)}", file=sys.stderr)
+    if not provider_names:
+        print("cnnfast bench: error: none of --providers runs here", file=sys.stderr)
+        return 2
     env = report.environment(device)
     tag = args.tag or ("quick" if args.quick else "bench")
     out = args.out or ((PACKAGE / "results" if (PACKAGE.parent / "pyproject.toml").exists()

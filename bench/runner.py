@@ -30,10 +30,26 @@ def providers(device: torch.device, wanted=None):
     "auto" measures its choices in its first call, the checked one, and confirms them a few calls
     later (``tune.CONFIRM_AFTER``), which ``_check`` makes before timing: it is timed after tuning."""
     kernels = [b for b in cnnfast.backends.available(device)
-               if b != "torch" and not (device.type == "cpu" and b in ("triton", "emulated_cuda"))]
+               if b != "torch" and not cnnfast.backends._slow(b, device)]
     # "auto" (the tuner's choice per direction, stock PyTorch among the candidates) where it has a choice.
     names = [EAGER, COMPILE] + [f"cnnfast:{b}" for b in kernels + ["torch"] + (["auto"] if kernels else [])]
     return [n for n in names if wanted is None or n in wanted]
+
+
+def why_not(provider: str, device: torch.device) -> str:
+    """Why ``provider`` is not among ``providers(device)``: a sentence."""
+    if not provider.startswith("cnnfast:"):
+        return f"unknown provider {provider!r} (eager, compile or cnnfast:<backend>)"
+    name = provider.split(":", 1)[1]
+    try:
+        why = cnnfast.backends._why_unavailable(name, device) if name != "auto" else None
+    except ValueError as e:
+        return str(e)
+    if why is not None:
+        return why
+    if cnnfast.backends._slow(name, device):
+        return f"backend {name!r} only checks on {device.type} (an interpreter or an emulator): never timed there"
+    return f"no kernel backend runs on {device.type} here, so 'auto' is stock PyTorch ('cnnfast:torch')"
 
 
 def rel_err(out, ref) -> float:

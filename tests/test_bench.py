@@ -77,3 +77,35 @@ def test_formats_pick_what_is_written_and_unknown_names_are_refused(tmp_path):
     for option, value in (("--suite", "nett"), ("--op", "conv3d"), ("--dtype", "tf33"), ("--formats", "pdf")):
         with pytest.raises(SystemExit):
             cli.parse_args([option, value])
+
+
+# --- the pytest-benchmark micro-benchmarks (bench/micro): their cases are the suites', and they collect -----
+
+def test_micro_benchmark_cases_are_the_suites_cases_for_every_op_and_direction():
+    from cnnfast.bench import micro
+    for device_type in ("cpu", "cuda"):
+        cases = suites.micro_cases(device_type)
+        every = {c.id for c in suites.cases()}
+        assert cases and {c.id for c in cases} <= every, "a micro-benchmark case that cnnfast bench does not know"
+        assert {(c.op, c.direction) for c in cases} == {(op, d) for op in suites.OPS for d in suites.DIRECTIONS}
+        assert {c.batch for c in cases} == {suites.MICRO_BATCH[device_type]}
+    params = micro.params("cpu")
+    wanted = [p for p in runner.providers(torch.device("cpu")) if p != "compile"]
+    assert [(c.id, p) for c, p in params] == [(c.id, p) for c in suites.micro_cases("cpu") for p in wanted]
+
+
+def test_micro_benchmarks_collect_or_skip_for_want_of_pytest_benchmark():
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "bench" / "micro"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs", "-p", "no:cacheprovider",
+                          str(folder)], capture_output=True, text=True, cwd=folder.parents[1])
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        assert "need pytest-benchmark" in out.stdout, out.stdout + out.stderr
+        return
+    assert out.returncode == 0, out.stdout + out.stderr
+    from cnnfast.bench import micro
+    collected = [line for line in out.stdout.splitlines() if "::test_op[" in line]
+    assert len(collected) == len(micro.params()) > 0, out.stdout

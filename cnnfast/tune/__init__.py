@@ -165,7 +165,9 @@ def _key(launcher, requested, args, kwargs):
 
 def _disk_key(key) -> str:
     launcher, requested, deterministic, _, parts, kw = key
-    return repr((launcher, requested, deterministic, parts, kw))
+    extra = backends._registered() if requested == "auto" else ()
+    # Under "auto" the choice was made among the backends registered then.
+    return repr((launcher, requested, deterministic, parts, kw) + ((extra,) if extra else ()))
 
 
 def _describe(key) -> str:
@@ -195,19 +197,18 @@ def _may_tune(args, device) -> bool:
                for a in args if isinstance(a, torch.Tensor))
 
 
-def _heuristic(requested, device):
-    """The choice without measurement: the named backend, or "auto"'s first available kernel backend."""
+def _heuristic(requested, device, launcher):
+    """The choice without measurement: the named backend, or "auto"'s first available kernel backend
+    that implements ``launcher``."""
     if requested != "auto":
         return requested, None
-    for name in backends._AUTO_ORDER.get(device.type, ()):
-        if backends._why_unavailable(name, device) is None:
-            return name, None
-    return "torch", None
+    order = backends._kernel_order(device, launcher)
+    return (order[0] if order else "torch"), None
 
 
 def _slow(requested, device) -> bool:
     """Backends whose timings mean nothing: the Triton interpreter, the CUDA emulator."""
-    return requested == "emulated_cuda" or (requested == "triton" and device.type == "cpu")
+    return backends._slow(requested, device)
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def _warn_once(launcher, candidate, case, why):
 
 
 STOCK = ("torch", None)
-# What the timer is told it runs when it times a whole training call (``stock_is_fastest``): stock
+# What the timer is told it runs when it times a whole training call (``backend_for_call``): stock
 # PyTorch's, and the one on the directions' choices.
 STOCK_STEP = ("torch", "training call")
 CHOSEN_STEP = ("auto", "training call")
@@ -305,7 +306,8 @@ def _decide(launcher, requested, key, args, kwargs):
     disk_key = _disk_key(key)
     if not _slow(requested, device):
         stored = _file(device).get(disk_key)
-        if isinstance(stored, dict) and stored.get("backend") in backends.NAMES:
+        if (isinstance(stored, dict) and stored.get("backend") in backends._REGISTRY
+                and backends.has(stored["backend"], launcher)):
             choice = (stored["backend"], stored.get("config"))
             _AGREED[key] = set(stored.get("agreed") or ())
             _record(launcher, requested, key, choice, stored.get("seconds"), stored.get("stock_seconds"), "cache",
@@ -313,7 +315,7 @@ def _decide(launcher, requested, key, args, kwargs):
             _CHOICES[key] = choice
             return choice
     if _slow(requested, device) or not _may_tune(args, device):
-        return _heuristic(requested, device)    # not remembered: a later eager call may measure
+        return _heuristic(requested, device, launcher)    # not remembered: a later eager call may measure
     state = _STATE_OF.get(args[3], FUSED_STATE) if launcher == "conv_relu_maxpool2d_backward" else FUSED_STATE
     pool = space.candidates(launcher, requested, device, args, kwargs, state)
     kernel_seconds = None
@@ -327,7 +329,7 @@ def _decide(launcher, requested, key, args, kwargs):
             choice, seconds, stock_seconds, kernel_seconds = _measure(launcher, requested, key, args, kwargs, pool)
         source = "measured"
         if choice is None:   # every config of a named backend disagreed: its heuristic stands
-            choice, source = _heuristic(requested, device), "heuristic"
+            choice, source = _heuristic(requested, device, launcher), "heuristic"
         else:
             _file(device).put(disk_key, dict(backend=choice[0], config=choice[1], seconds=seconds,
                                              stock_seconds=stock_seconds, kernel_seconds=kernel_seconds,
@@ -385,6 +387,8 @@ class _Dispatch:
     def __getattr__(self, launcher):
         if launcher.startswith("_"):
             raise AttributeError(launcher)
+        if self.requested != "auto" and not backends.has(self.requested, launcher):
+            return getattr(backends.launchers(self.requested), launcher)   # stock PyTorch stands in
         fn = functools.partial(call, self.requested, launcher)
         setattr(self, launcher, fn)
         return fn
@@ -392,10 +396,20 @@ class _Dispatch:
 
 def dispatch(name: str):
     """What the ops call for backend ``name``: the tuner where there is something to choose ("auto";
-    "triton", whose configs differ), else the backend's launchers themselves (no cost per call)."""
-    if name == "auto" or (name == "triton" and not backends._interpreting()):
+    a backend with configs, ``tune_configs``: "triton"), else the backend's launchers themselves (no
+    cost per call)."""
+    if name == "auto" or getattr(backends.launchers(name), "tune_configs", None) is not None:
         return _Dispatch(name)
     return backends.launchers(name)
+
+
+def _forget_choices() -> None:
+    """Forget the choices in memory (a backend was registered or removed: the candidates changed)."""
+    _CHOICES.clear()
+    _MADE.clear()
+    _CALLS.clear()
+    _PENDING.clear()
+    _AGREED.clear()
 
 
 def backend_for_call(forward, gradients, stock, ours, inputs) -> str:
@@ -533,7 +547,7 @@ def _confirm(known, backward: bool, stock, ours, inputs, device) -> tuple:
     choices = [_CHOICES.get(k) for k in keys]
     names = ["torch"] + (["auto"] if any(c is None or c[0] != "torch" for c in choices) else [])
     agreed = [_AGREED.get(k, set()) for k in keys]
-    names += [n for n in backends._AUTO_ORDER.get(device.type, ()) if n != "torch" and all(n in a for a in agreed)
+    names += [n for n in backends._kernel_order(device) if all(n in a for a in agreed)
               and not all(c is not None and c[0] == n for c in choices)]
     if len(names) == 1:
         return known
