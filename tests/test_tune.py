@@ -47,6 +47,17 @@ def _directions():
     return [d for d in tune.decisions() if d.launcher not in ("training call", "call")]
 
 
+def _cpu_off_by_one_percent_in(monkeypatch, launcher):
+    """The "cpu" backend's launchers, but ``launcher``'s result 1% off (a candidate that disagrees)."""
+    cpu = backends.launchers("cpu")
+
+    class Wrong:
+        def __getattr__(self, name):
+            fn = getattr(cpu, name)
+            return (lambda *args, **kwargs: fn(*args, **kwargs) * 1.01) if name == launcher else fn
+    monkeypatch.setitem(backends._LAUNCHERS, "cpu", Wrong())
+
+
 def _backward_matches_float64(fn, inputs, y):
     """Run y's backward with a fresh gradient; y and every input's gradient agree with ``fn`` in float64."""
     grad = torch.randn_like(y)
@@ -292,15 +303,7 @@ def test_a_forward_only_call_kept_on_stock_moves_to_a_kernel_that_wins_it_whole(
 def test_a_backend_that_disagreed_in_one_direction_never_runs_the_whole_call(tuner, monkeypatch):
     speeds, _ = tuner
     speeds.update({"cpu": 2.0, tune._whole("torch"): 1.0, tune._whole("cpu"): 0.1})
-    cpu = backends.launchers("cpu")
-
-    class WrongWeightGrad:
-        def __getattr__(self, name):
-            return getattr(cpu, name)
-
-        def conv2d_weight_grad(self, *args, **kwargs):
-            return cpu.conv2d_weight_grad(*args, **kwargs) * 1.01
-    monkeypatch.setitem(backends._LAUNCHERS, "cpu", WrongWeightGrad())
+    _cpu_off_by_one_percent_in(monkeypatch, "conv2d_weight_grad")
     x, weight, bias = _conv_inputs()
     with pytest.warns(RuntimeWarning, match="conv2d_weight_grad on backend 'cpu' disagrees"):
         for _ in range(tune.CONFIRM_AFTER + 1):
@@ -324,15 +327,7 @@ def test_a_choice_is_made_once_then_looked_up(tuner):
 def test_a_candidate_that_disagrees_is_never_chosen_and_named_once(tuner, monkeypatch):
     speeds, _ = tuner
     speeds["cpu"] = 0.01
-    cpu = backends.launchers("cpu")
-
-    class Wrong:
-        def __getattr__(self, name):
-            return getattr(cpu, name)
-
-        def conv2d_forward(self, *args, **kwargs):
-            return cpu.conv2d_forward(*args, **kwargs) * 1.01
-    monkeypatch.setitem(backends._LAUNCHERS, "cpu", Wrong())
+    _cpu_off_by_one_percent_in(monkeypatch, "conv2d_forward")
     x, weight, bias = _conv_inputs(grad=False)
     with pytest.warns(RuntimeWarning, match=r"conv2d_forward on backend 'cpu' disagrees with stock PyTorch on "
                                             r"float32\[2, 5, 9, 7\].*relative error"):

@@ -106,14 +106,10 @@ _STATE_OF = weakref.WeakKeyDictionary()
 
 def clear(disk: bool = False) -> None:
     """Forget every choice made in this process (and, with ``disk``, the cache files too)."""
-    _CHOICES.clear()
-    _MADE.clear()
+    _forget_choices()
     _FILES.clear()
     _DECISIONS.clear()
     _WARNED.clear()
-    _CALLS.clear()
-    _PENDING.clear()
-    _AGREED.clear()
     if disk:
         cache.clear()
 
@@ -460,7 +456,7 @@ def backend_for_call(forward, gradients, stock, ours, inputs) -> str:
         all_stock = all_stock and choice[0] == "torch"
     plan = None
     if not all_stock and len(keys) > 1:
-        plan = _plan(keys, lambda *a: stock(*a), lambda *a: ours("auto", *a), inputs, device)
+        plan = _plan(keys, stock, functools.partial(ours, "auto"), inputs, device)
         all_stock = plan is not None and plan.backend == "torch"
     _CALLS[key] = ("torch" if all_stock else "auto", keys, plan)
     _PENDING[key] = CONFIRM_AFTER
@@ -543,7 +539,7 @@ def _confirm(known, backward: bool, stock, ours, inputs, device) -> tuple:
     rounds, the median of each; the fastest stands if it beats stock by ``PLAN_MARGIN``. A candidate
     the timer knows no time for (infinity: a test's fake timer) is not a choice; without a time for
     stock PyTorch the judgement stands."""
-    backend, keys, plan = known
+    keys = known[1]
     choices = [_CHOICES.get(k) for k in keys]
     names = ["torch"] + (["auto"] if any(c is None or c[0] != "torch" for c in choices) else [])
     agreed = [_AGREED.get(k, set()) for k in keys]
