@@ -38,7 +38,10 @@ def test_example_triton_backend_passes_the_examples_check_under_the_interpreter(
     with pytest.warns(RuntimeWarning) as caught:
         lines = example.check("example_triton", "cpu", cases=example.CASES[1:3])   # the interpreter is slow
     # Forward only: stock PyTorch runs each gradient, said once.
-    assert sorted(str(w.message).split(" has no ")[1].split(";")[0] for w in caught) == [
+    # Only cnnfast's own RuntimeWarnings: Triton's interpreter adds DeprecationWarnings of its own on
+    # some numpy versions, and pytest.warns records every warning.
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and " has no " in str(w.message)]
+    assert sorted(message.split(" has no ")[1].split(";")[0] for message in said) == [
         "conv2d_bias_grad", "conv2d_input_grad", "conv2d_weight_grad"]
     assert all(line.startswith("ok") for line in lines)
 
