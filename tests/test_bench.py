@@ -10,8 +10,9 @@ from cnnfast.bench.workload import EAGER
 
 # Four cases (the Net blocks' max_pool2d, forward and forward+backward, batch 1), without torch.compile,
 # whose first compilation alone takes longer than this test may.
-ARGS = ["--device", "cpu", "--suite", "net", "--op", "max_pool2d", "--batch", "1", "--dtype", "float32",
-        "--layout", "nchw", "--providers", "eager,cnnfast:torch", "--warmup", "1", "--rep", "5"]
+# In this process (``--allocator system``): the default reruns the benchmark in a child process.
+ARGS = ["--device", "cpu", "--allocator", "system", "--suite", "net", "--op", "max_pool2d", "--batch", "1",
+        "--dtype", "float32", "--layout", "nchw", "--providers", "eager,cnnfast:torch", "--warmup", "1", "--rep", "5"]
 
 
 def test_bench_writes_json_markdown_and_plots_of_checked_timings(tmp_path, capsys):
@@ -31,6 +32,18 @@ def test_bench_writes_json_markdown_and_plots_of_checked_timings(tmp_path, capsy
     for name in ("t-speedup.png", "t-roofline.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert "== net" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the steady allocator is glibc's")
+def test_the_default_cpu_run_is_a_child_whose_allocator_keeps_freed_memory(tmp_path, capfd, monkeypatch):
+    for name in cli.STEADY_ALLOCATOR:
+        monkeypatch.delenv(name, raising=False)
+    args = [a for a in ARGS if a not in ("--allocator", "system")] + ["--direction", "fwd", "--providers", "eager"]
+    assert cli.main(args + ["--out", str(tmp_path), "--tag", "s", "--formats", "json,md"]) == 0
+    assert "running in a child process" in capfd.readouterr().out
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["environment"]["allocator"].startswith("steady: glibc MALLOC_MMAP_THRESHOLD_=")
+    assert any("kept freed memory" in n for n in data["notes"])
 
 
 def test_a_provider_that_fails_the_check_is_reported_and_not_timed(monkeypatch):
