@@ -65,6 +65,11 @@ def rel_err(out, ref) -> float:
 # rounds' medians: a slow spell of a shared machine then falls on every provider alike. (GPU timing
 # through CUDA events is steady: one round.)
 CPU_ROUNDS = 5
+# While some provider's rounds still spread wider than this (slowest / fastest), another round of every
+# provider is run, up to CPU_MAX_ROUNDS: on a shared machine a median of five can still land on a slow
+# spell of one provider and not of another.
+CPU_SPREAD = 1.10
+CPU_MAX_ROUNDS = 11
 
 
 def _check(workload, provider, device, settings, eager_err):
@@ -109,6 +114,11 @@ def _figures(workload, record, run, device, settings):
     record["peak_bytes"] = memory.peak_bytes(once, device)
 
 
+def _spread(times) -> float:
+    """The widest slowest-to-fastest ratio among the providers' rounds."""
+    return max((max(t) / min(t) for t in times.values() if t and min(t) > 0), default=1.0)
+
+
 def _error(e):
     return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
@@ -140,8 +150,11 @@ def run_case(case, device, provider_names, settings):
             if run is not None:
                 runs[provider] = run
         rounds = settings.get("rounds") or (1 if device.type == "cuda" else CPU_ROUNDS)
+        most = max(rounds, settings.get("max_rounds") or (1 if device.type == "cuda" else CPU_MAX_ROUNDS))
         times = {provider: [] for provider in runs}
-        for _ in range(rounds):
+        done = 0
+        while runs and (done < rounds or (done < most and _spread({p: times[p] for p in runs}) > CPU_SPREAD)):
+            done += 1
             for provider in list(runs):
                 try:
                     times[provider].append(timing.median_ms(
@@ -153,7 +166,7 @@ def run_case(case, device, provider_names, settings):
         for provider, run in runs.items():
             result = record["providers"][provider]
             result["ms"] = statistics.median(times[provider])
-            if rounds > 1:
+            if done > 1:
                 result["ms_rounds"] = times[provider]
             try:
                 _figures(workload, result, run, device, settings)

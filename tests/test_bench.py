@@ -71,6 +71,24 @@ def test_stock_eager_past_the_ceiling_is_still_timed_and_widens_the_tolerance(mo
     assert same["tolerance"] == 2 * eager["rel_err"] and "ms" in same
 
 
+@pytest.mark.parametrize("noisy", [False, True])
+def test_cpu_rounds_go_on_while_a_provider_is_noisy(monkeypatch, noisy):
+    from cnnfast.bench import timing
+    calls = []
+
+    def fake(fn, device, *, warmup_ms, rep_ms):       # eager steady; cnnfast:torch alternating 1 / 2 ms if noisy
+        calls.append(fn)
+        return 1.0 + (noisy and len(calls) % 4 == 0)
+    monkeypatch.setattr(timing, "median_ms", fake)
+    case = suites.cases(suites=("net",), dtypes=("float32",), layouts=("nchw",), directions=("fwd",),
+                        ops=("max_pool2d",), batches=(1,))[0]
+    settings = {"warmup_ms": 1, "rep_ms": 5, "compile_mode": None,
+                "ceilings": {"bandwidth_GBs": 1.0, "tflops": {"float32": 1.0}}}
+    record = runner.run_case(case, torch.device("cpu"), [EAGER, "cnnfast:torch"], settings)
+    rounds = [len(r["ms_rounds"]) for r in record["providers"].values()]
+    assert rounds == [runner.CPU_MAX_ROUNDS if noisy else runner.CPU_ROUNDS] * 2
+
+
 def test_every_suite_has_cases_and_the_interpreted_triton_backend_is_never_timed():
     assert {c.suite for c in suites.cases()} == set(suites.SUITES)
     assert not any(p.endswith("triton") for p in runner.providers(torch.device("cpu")))
