@@ -92,7 +92,7 @@ def notes(device, compile_mode, settings):
          "every run; cuDNN with `torch.backends.cudnn.benchmark = True`." if gpu else
          "CPU: `torch.utils.benchmark.Timer.blocked_autorange`, the providers of a case timed in "
          f"{runner.CPU_ROUNDS} alternating rounds of at least {settings['rep_ms'] / runner.CPU_ROUNDS:g} ms each "
-         "(a slow spell of a shared machine falls on all of them), more (up to "
+         "(a slow spell of a shared machine falls on all of them; each round starts one provider further on), more (up to "
          f"{runner.CPU_MAX_ROUNDS}) while some provider's rounds spread by more than "
          f"{(runner.CPU_SPREAD - 1) * 100:.0f}%, each figure the median of the rounds' "
          f"medians; {torch.get_num_threads()} threads; stock eager runs oneDNN / ATen kernels."),

@@ -62,7 +62,8 @@ def rel_err(out, ref) -> float:
 
 
 # On CPU each case is timed in alternating rounds of its providers, each value the median of the
-# rounds' medians: a slow spell of a shared machine then falls on every provider alike. (GPU timing
+# rounds' medians: a slow spell of a shared machine then falls on every provider alike; the order
+# rotates from round to round. (GPU timing
 # through CUDA events is steady: one round.)
 CPU_ROUNDS = 5
 # While some provider's rounds still spread wider than this (slowest / fastest), another round of every
@@ -155,7 +156,10 @@ def run_case(case, device, provider_names, settings):
         done = 0
         while runs and (done < rounds or (done < most and _spread({p: times[p] for p in runs}) > CPU_SPREAD)):
             done += 1
-            for provider in list(runs):
+            # Each round starts one provider further on, so that no provider always follows the
+            # same one (whose leftovers in the caches and the allocator it would always meet).
+            order = list(runs)
+            for provider in order[(done - 1) % len(order):] + order[:(done - 1) % len(order)]:
                 try:
                     times[provider].append(timing.median_ms(
                         timing.rotating(runs[provider], workload.sets), device,

@@ -89,6 +89,21 @@ def test_cpu_rounds_go_on_while_a_provider_is_noisy(monkeypatch, noisy):
     assert rounds == [runner.CPU_MAX_ROUNDS if noisy else runner.CPU_ROUNDS] * 2
 
 
+def test_cpu_rounds_rotate_the_order_of_the_providers(monkeypatch):
+    from cnnfast.bench import timing
+    order = []
+    monkeypatch.setattr(timing, "rotating", lambda run, sets: run)
+    monkeypatch.setattr(timing, "median_ms", lambda fn, device, **_: order.append(fn) or 1.0)
+    case = suites.cases(suites=("net",), dtypes=("float32",), layouts=("nchw",), directions=("fwd",),
+                        ops=("max_pool2d",), batches=(1,))[0]
+    settings = {"warmup_ms": 1, "rep_ms": 5, "compile_mode": None,
+                "ceilings": {"bandwidth_GBs": 1.0, "tflops": {"float32": 1.0}}}
+    runner.run_case(case, torch.device("cpu"), [EAGER, "cnnfast:torch"], settings)
+    first, second = order[0], order[1]
+    assert first is not second
+    assert order == [first, second, second, first] * (runner.CPU_ROUNDS // 2) + [first, second][:runner.CPU_ROUNDS % 2 * 2]
+
+
 def test_every_suite_has_cases_and_the_interpreted_triton_backend_is_never_timed():
     assert {c.suite for c in suites.cases()} == set(suites.SUITES)
     assert not any(p.endswith("triton") for p in runner.providers(torch.device("cpu")))
