@@ -1,0 +1,10 @@
+"""cnnfast's conformance suite: the correctness tests cnnfast runs on itself, runnable on any backend.
+
+    pytest -p cnnfast.testing.plugin --pyargs cnnfast.testing --cnnfast-backend NAME [--cnnfast-quick]
+
+(``-p`` is not needed once cnnfast is installed through pip: the plugin is a ``pytest11`` entry point.)
+Every op is compared with a float64 reference on every argument, outputs poisoned with NaN; a failure
+is a ``Failure`` record (``cnnfast.testing._reference``) naming the op, the case (shapes and
+arguments), the seed, the error against float64 and the bound it broke. cnnfast's own tests/ import
+these tests and run them on every built-in backend.
+"""
