@@ -1,15 +1,28 @@
 """``cnnfast bench`` / ``python -m cnnfast.bench``: run suites, print the table, write JSON, Markdown, plots."""
 import argparse
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from cnnfast import tune
+
 from . import report, roofline, runner, suites
 
 PACKAGE = Path(__file__).resolve().parent
 FORMATS = ("json", "md", "png")
+
+# glibc hands each allocation above its mmap threshold (at most 32 MiB however it adapts) fresh pages
+# from the kernel and returns them on free, so a large layer's every call page-faults its outputs and
+# temporaries in again: on a shared or virtual machine that is most of the time of a large layer, and
+# it varies twofold from one round to the next. With these thresholds (read at process start) freed
+# memory is kept and reused, and the timings are the kernels'. ``--allocator system`` times the faults.
+STEADY_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+ALLOCATORS = ("steady", "system")
 
 
 def _list(text):
@@ -45,6 +58,9 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--tag", default=None, help="file name stem (default: quick or bench)")
     p.add_argument("--formats", type=_list, default=list(FORMATS),
                    help="comma list of what to write: json, md (Markdown), png (two plots)")
+    p.add_argument("--allocator", default="steady", choices=ALLOCATORS,
+                   help="CPU memory: 'steady' reruns the benchmark in a child whose glibc allocator keeps freed "
+                        "memory (no page faults timed), 'system' keeps the allocator as it is")
     p.add_argument("--list", action="store_true", help="print the selected cases and exit")
     args = p.parse_args(argv)
     for option, allowed in (("suite", suites.SUITES), ("op", suites.OPS + suites.MODEL_OPS),
@@ -76,7 +92,9 @@ def notes(device, compile_mode, settings):
          "every run; cuDNN with `torch.backends.cudnn.benchmark = True`." if gpu else
          "CPU: `torch.utils.benchmark.Timer.blocked_autorange`, the providers of a case timed in "
          f"{runner.CPU_ROUNDS} alternating rounds of at least {settings['rep_ms'] / runner.CPU_ROUNDS:g} ms each "
-         "(a slow spell of a shared machine falls on all of them), each figure the median of the rounds' "
+         "(a slow spell of a shared machine falls on all of them), more (up to "
+         f"{runner.CPU_MAX_ROUNDS}) while some provider's rounds spread by more than "
+         f"{(runner.CPU_SPREAD - 1) * 100:.0f}%, each figure the median of the rounds' "
          f"medians; {torch.get_num_threads()} threads; stock eager runs oneDNN / ATen kernels."),
         "Inputs are standard-normal (never zeros); cases whose inputs fit in the cache rotate through up to "
         "8 input sets. Forward cases run under `torch.no_grad()`."
@@ -86,7 +104,8 @@ def notes(device, compile_mode, settings):
         "that `eager` runs; its compile time is in `first_call_s` in the JSON, not in the timings.",
         "`cnnfast:<backend>` calls `cnnfast.functional` (models: `cnnfast.Net`, `cnnfast.convert`) with that "
         "backend; `cnnfast:torch` is stock PyTorch behind cnnfast's front end, so its ratio is the front end's "
-        "overhead.",
+        "overhead. `cnnfast:auto` is timed after tuning: its first call measures the choices, "
+        f"{tune.CONFIRM_AFTER} more confirm them (all in `first_call_s`).",
         "Every provider's output (and gradients) is checked against a float64 reference before it is timed: "
         "relative error at most " + ", ".join(f"{k} {v:g}" for k, v in runner.TOLERANCE.items())
         + f" ({runner.MODEL_SLACK}× that for whole models), or twice stock eager's own error if larger; a "
@@ -103,17 +122,43 @@ def notes(device, compile_mode, settings):
            "; peak memory is not available on CPU (the CPU allocator keeps no statistics)."),
     ]
     if not gpu:
+        out.append("CPU memory: " + ("glibc's allocator kept freed memory (`--allocator steady`: "
+                                     + ", ".join(f"`{k}={v}`" for k, v in STEADY_ALLOCATOR.items())
+                                     + "), so large tensors are not page-faulted in again on every call and "
+                                     "the timings are the kernels', for every provider alike."
+                                     if allocator() != "system" else
+                                     "the system allocator as it was (`--allocator system`): large tensors' "
+                                     "pages are faulted in afresh on every call, and that time is in the figures."))
         out.append(runner.INTERPRETER_NOTE)
     return out
 
 
+def allocator() -> str:
+    """How this process's CPU allocator treats freed memory, as the JSON records it."""
+    if all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+        return "steady: glibc " + ", ".join(f"{k}={v}" for k, v in STEADY_ALLOCATOR.items())
+    return "system"
+
+
+def _in_steady_child(argv, prog) -> int:
+    """The same benchmark run by ``python -m cnnfast.bench`` in a child with the steady allocator."""
+    env = {**os.environ, **STEADY_ALLOCATOR}
+    print(f"{prog or 'cnnfast bench'}: running in a child process with glibc's allocator keeping freed memory "
+          "(--allocator system to time page faults too)", flush=True)
+    return subprocess.call([sys.executable, "-m", "cnnfast.bench", *argv], env=env)
+
+
 def main(argv=None, prog=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv, prog)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chosen, dtypes = select(args, device)
     if args.list:
         print("\n".join(c.id for c in chosen))
         return 0
+    if (device.type == "cpu" and args.allocator == "steady" and allocator() == "system"
+            and platform.libc_ver()[0] == "glibc"):
+        return _in_steady_child(argv, prog)
     start = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,7 +167,14 @@ def main(argv=None, prog=None):
         torch.backends.cudnn.benchmark = True
     compile_mode = args.compile_mode or ("max-autotune" if gpu else None)
     provider_names = runner.providers(device, args.providers)
+    for provider in args.providers or ():
+        if provider not in provider_names:
+            print(f"cnnfast bench: --providers {provider} left out: {runner.why_not(provider, device)}", file=sys.stderr)
+    if not provider_names:
+        print("cnnfast bench: error: none of --providers runs here", file=sys.stderr)
+        return 2
     env = report.environment(device)
+    env["allocator"] = allocator() if device.type == "cpu" else "PyTorch's CUDA caching allocator"
     tag = args.tag or ("quick" if args.quick else "bench")
     out = args.out or ((PACKAGE / "results" if (PACKAGE.parent / "pyproject.toml").exists()
                         else Path.cwd() / "cnnfast-bench-results") / report.device_slug(env))

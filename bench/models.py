@@ -21,7 +21,7 @@ from cnnfast.models import Net, TorchNet
 
 from . import roofline, timing
 from .suites import TORCH_DTYPES
-from .workload import COMPILE, EAGER, Unavailable, Workload, cnnfast_backend, compiled
+from .workload import COMPILE, EAGER, Unavailable, Workload, cnnfast_backend, compiled, require
 
 NUM_CLASSES = {"net_train_step": 10, "resnet18": 1000, "densenet121": 1000}
 
@@ -111,6 +111,9 @@ def build(case, device, compile_mode=None) -> Workload:
 
     def make(provider):
         backend = cnnfast_backend(provider)
+        # Net's blocks are the fused op; a converted torchvision model has all three.
+        require(backend, ("conv_relu_maxpool2d",) if case.op == "net_train_step" else
+                ("conv2d", "max_pool2d", "conv_relu_maxpool2d"))
         if provider in (EAGER, COMPILE):
             model = copy.deepcopy(base)
             model = compiled(model, compile_mode) if provider == COMPILE else model

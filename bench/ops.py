@@ -12,7 +12,7 @@ import cnnfast.functional as cf
 
 from . import roofline, timing
 from .suites import TORCH_DTYPES
-from .workload import COMPILE, EAGER, Workload, cnnfast_backend, compiled
+from .workload import COMPILE, EAGER, Workload, cnnfast_backend, compiled, require
 
 
 def _torch_op(case):
@@ -90,6 +90,7 @@ def build(case, device, compile_mode=None) -> Workload:
 
     def make(provider):
         backend = cnnfast_backend(provider)
+        require(backend, (case.op,))
         fn = (_torch_op(case) if provider == EAGER else
               compiled(_torch_op(case), compile_mode) if provider == COMPILE else
               _cnnfast_op(case, backend))

@@ -6,6 +6,7 @@ import time
 import torch
 
 import cnnfast
+from cnnfast import tune
 
 from . import memory, models, ops, roofline, timing
 from .suites import MODEL_OPS
@@ -26,12 +27,29 @@ INTERPRETER_NOTE = ("The Triton backend runs on CPU tensors only under the Trito
 def providers(device: torch.device, wanted=None):
     """Stock eager, torch.compile, every cnnfast backend available on ``device`` (the interpreted
     Triton backend and the emulated CUDA one excepted) and "auto", filtered to ``wanted`` when given.
-    "auto" measures its choices in its first call, the checked one, so it is timed after tuning."""
+    "auto" measures its choices in its first call, the checked one, and confirms them a few calls
+    later (``tune.CONFIRM_AFTER``), which ``_check`` makes before timing: it is timed after tuning."""
     kernels = [b for b in cnnfast.backends.available(device)
-               if b != "torch" and not (device.type == "cpu" and b in ("triton", "emulated_cuda"))]
+               if b != "torch" and not cnnfast.backends._slow(b, device)]
     # "auto" (the tuner's choice per direction, stock PyTorch among the candidates) where it has a choice.
     names = [EAGER, COMPILE] + [f"cnnfast:{b}" for b in kernels + ["torch"] + (["auto"] if kernels else [])]
     return [n for n in names if wanted is None or n in wanted]
+
+
+def why_not(provider: str, device: torch.device) -> str:
+    """Why ``provider`` is not among ``providers(device)``: a sentence."""
+    if not provider.startswith("cnnfast:"):
+        return f"unknown provider {provider!r} (eager, compile or cnnfast:<backend>)"
+    name = provider.split(":", 1)[1]
+    try:
+        why = cnnfast.backends._why_unavailable(name, device) if name != "auto" else None
+    except ValueError as e:
+        return str(e)
+    if why is not None:
+        return why
+    if cnnfast.backends._slow(name, device):
+        return f"backend {name!r} only checks on {device.type} (an interpreter or an emulator): never timed there"
+    return f"no kernel backend runs on {device.type} here, so 'auto' is stock PyTorch ('cnnfast:torch')"
 
 
 def rel_err(out, ref) -> float:
@@ -47,6 +65,11 @@ def rel_err(out, ref) -> float:
 # rounds' medians: a slow spell of a shared machine then falls on every provider alike. (GPU timing
 # through CUDA events is steady: one round.)
 CPU_ROUNDS = 5
+# While some provider's rounds still spread wider than this (slowest / fastest), another round of every
+# provider is run, up to CPU_MAX_ROUNDS: on a shared machine a median of five can still land on a slow
+# spell of one provider and not of another.
+CPU_SPREAD = 1.10
+CPU_MAX_ROUNDS = 11
 
 
 def _check(workload, provider, device, settings, eager_err):
@@ -59,6 +82,10 @@ def _check(workload, provider, device, settings, eager_err):
         return {"skipped": str(e)}, None
     start = time.perf_counter()
     outs = run(workload.sets[0], check=True)
+    if provider == "cnnfast:auto":
+        # The tuner confirms each call's choice, timed whole, CONFIRM_AFTER calls after its first.
+        for _ in range(tune.CONFIRM_AFTER):
+            run(workload.sets[0])
     timing.synchronize(device)
     record = {"first_call_s": time.perf_counter() - start}
     record["rel_err"] = max(rel_err(o, r) for o, r in zip(outs, workload.reference))
@@ -85,6 +112,11 @@ def _figures(workload, record, run, device, settings):
     if case.direction == "fwd+bwd":
         record["saved_bytes"] = memory.saved_for_backward(once, getattr(run, "params", ()))
     record["peak_bytes"] = memory.peak_bytes(once, device)
+
+
+def _spread(times) -> float:
+    """The widest slowest-to-fastest ratio among the providers' rounds."""
+    return max((max(t) / min(t) for t in times.values() if t and min(t) > 0), default=1.0)
 
 
 def _error(e):
@@ -118,8 +150,11 @@ def run_case(case, device, provider_names, settings):
             if run is not None:
                 runs[provider] = run
         rounds = settings.get("rounds") or (1 if device.type == "cuda" else CPU_ROUNDS)
+        most = max(rounds, settings.get("max_rounds") or (1 if device.type == "cuda" else CPU_MAX_ROUNDS))
         times = {provider: [] for provider in runs}
-        for _ in range(rounds):
+        done = 0
+        while runs and (done < rounds or (done < most and _spread({p: times[p] for p in runs}) > CPU_SPREAD)):
+            done += 1
             for provider in list(runs):
                 try:
                     times[provider].append(timing.median_ms(
@@ -131,7 +166,7 @@ def run_case(case, device, provider_names, settings):
         for provider, run in runs.items():
             result = record["providers"][provider]
             result["ms"] = statistics.median(times[provider])
-            if rounds > 1:
+            if done > 1:
                 result["ms_rounds"] = times[provider]
             try:
                 _figures(workload, result, run, device, settings)

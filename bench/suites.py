@@ -174,3 +174,14 @@ def quick_cases():
     return [c for c in cases(suites=("net", "models"), dtypes=("float32",), layouts=("nchw",))
             if (c.suite == "net" and c.batch == 64 and (c.direction == "fwd" or c.op == "conv_relu_maxpool2d"))
             or (c.op == "net_train_step" and c.batch == 256)]
+
+
+# The micro-benchmarks' batch per device type: small enough that each call is a few kernel launches.
+MICRO_BATCH = {"cpu": 1, "cuda": 64}
+
+
+def micro_cases(device_type: str):
+    """The regression micro-benchmarks' cases (``cnnfast.bench.micro``): the Net suite's every op at
+    ``MICRO_BATCH`` for the device, forward and forward+backward, float32 NCHW (on CUDA bfloat16 too)."""
+    dtypes = ("float32", "bfloat16") if device_type == "cuda" else ("float32",)
+    return cases(suites=("net",), dtypes=dtypes, layouts=("nchw",), batches=(MICRO_BATCH.get(device_type, 1),))

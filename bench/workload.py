@@ -30,6 +30,17 @@ def cnnfast_backend(provider: str):
     return provider.split(":", 1)[1] if provider.startswith("cnnfast:") else None
 
 
+def require(backend, ops):
+    """Raise Unavailable unless cnnfast backend ``backend`` (None: not a cnnfast provider) has the forward of
+    every op in ``ops`` (a registered backend may implement some ops only)."""
+    if backend in (None, "auto", "torch"):
+        return
+    from cnnfast import backends, launchers
+    for op in ops:
+        if not backends.has(backend, launchers.FORWARD[op]):
+            raise Unavailable(f"backend {backend!r} has no {launchers.FORWARD[op]}")
+
+
 def compiled(fn, mode):
     """``fn`` under ``torch.compile`` as the benchmark uses it: static shapes, ``mode`` (None: default)."""
     return torch.compile(fn, mode=mode, dynamic=False)

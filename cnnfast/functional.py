@@ -152,14 +152,15 @@ def _check_pool_input(x, op):
                          f"input, but got: {list(x.shape)}")
 
 
-def _stock_if_fastest(name: str, launches, stock, ours, *inputs) -> str:
-    """"torch" where "auto" measured stock PyTorch fastest for the call (it then runs exactly as if
-    cnnfast were not there), else ``name``. ``launches()``: the op module's ``launches``;
-    ``stock(*inputs)`` and ``ours(*inputs)``: the call in stock PyTorch and on the tuner's choices,
-    whose training calls (forward and backward) the tuner times against each other."""
+def _measured(name: str, launches, stock, ours, *inputs) -> str:
+    """The backend that runs the call: under "auto" the tuner's answer for it ("torch": stock PyTorch,
+    exactly as if cnnfast were not there; "auto": the tuner's choice per direction; or one kernel
+    backend for the whole call), else ``name``. ``launches()``: the op module's ``launches``;
+    ``stock(*inputs)`` and ``ours(backend, *inputs)``: the call in stock PyTorch and on a backend,
+    which the tuner times against each other."""
     if name != "auto" or torch.compiler.is_compiling():
         return name
-    return "torch" if tune.stock_is_fastest(*launches(), stock, ours, inputs) else name
+    return tune.backend_for_call(*launches(), stock, ours, inputs)
 
 
 # --- public functions --------------------------------------------------------------------------
@@ -175,8 +176,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             torch.backends.cudnn.allow_tf32)
     pad_ = padding if isinstance(padding, str) else pad
     stock = lambda a, w, b: F.conv2d(a, w, b, stride_, pad_, dilation_, groups)  # noqa: E731
-    name = _stock_if_fastest(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args), stock,
-                             lambda a, w, b: run_conv2d(a, w, b, *args[3:], "auto"), x, weight, bias)
+    name = _measured(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args), stock,
+                     lambda on, a, w, b: run_conv2d(a, w, b, *args[3:], on), x, weight, bias)
     if name == "torch":
         out = stock(x, weight, bias)
     else:
@@ -197,9 +198,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     with_indices = return_indices or wants_grad(x)
     stock = lambda a: F.max_pool2d(a, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,  # noqa: E731
                                    return_indices=return_indices)
-    name = _stock_if_fastest(backends.resolve(backend, op, x),
-                             lambda: ops.max_pool2d.launches(*args, with_indices=with_indices), stock,
-                             lambda a: run_max_pool2d(a, *args[1:], "auto", with_indices=with_indices), x)
+    name = _measured(backends.resolve(backend, op, x),
+                     lambda: ops.max_pool2d.launches(*args, with_indices=with_indices), stock,
+                     lambda on, a: run_max_pool2d(a, *args[1:], on, with_indices=with_indices), x)
     if name == "torch":
         result = stock(x)
     else:
@@ -231,10 +232,10 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     pad_ = padding if isinstance(padding, str) else pad
     stock = lambda a, w, b: F.max_pool2d(F.relu(F.conv2d(a, w, b, stride_, pad_, dilation_, groups)),  # noqa: E731
                                          pool_kernel, pool_stride, pool_pad, pool_dilation, ceil_mode=pool_ceil_mode)
-    name = _stock_if_fastest(backends.resolve(backend, op, x),
-                             lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos), stock,
-                             lambda a, w, b: run_conv_relu_maxpool2d(a, w, b, *args[3:], "auto", with_pos=with_pos),
-                             x, weight, bias)
+    name = _measured(backends.resolve(backend, op, x),
+                     lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos), stock,
+                     lambda on, a, w, b: run_conv_relu_maxpool2d(a, w, b, *args[3:], on, with_pos=with_pos),
+                     x, weight, bias)
     if name == "torch":
         out = stock(x, weight, bias)
     else:

@@ -1,4 +1,5 @@
-"""cnnfast's Triton kernels (the "triton" backend). Every launcher takes normalised arguments."""
+"""cnnfast's Triton kernels (the "triton" backend): the launchers of ``cnnfast.launchers``, taking
+normalised arguments, and ``tune_configs``, the configs the tuner may time for a call."""
 from .conv2d import conv2d_bias_grad, conv2d_forward, conv2d_input_grad, conv2d_weight_grad
 from .conv_relu_maxpool2d import conv_relu_maxpool2d_backward, conv_relu_maxpool2d_forward
 from .max_pool2d import max_pool2d_backward, max_pool2d_forward
@@ -8,3 +9,26 @@ __all__ = [
     "max_pool2d_forward", "max_pool2d_backward",
     "conv_relu_maxpool2d_forward", "conv_relu_maxpool2d_backward",
 ]
+
+
+def tune_configs(launcher: str, args, kwargs):
+    """The configs the tuner may time for this call (``cnnfast.launchers``): indices into the kernels'
+    config lists that can serve it, or [None] for a launcher without configs. Configs are pruned by
+    shape with the rules the kernels' own heuristics follow: the direct and FMA paths unroll the
+    reduction, so they are candidates only where it is short."""
+    from . import conv_relu_maxpool2d as fused, max_pool2d as pool
+    from .conv2d import configs as conv
+    if launcher == "conv2d_forward":
+        x, weight, groups = args[0], args[1], args[6]
+        red, kg = weight.shape[1] * weight.shape[2] * weight.shape[3], weight.shape[0] // groups
+        return [i for i, c in enumerate(conv.FORWARD_CONFIGS) if c["kind"] != "direct" or (red <= 64 and kg <= 32)]
+    lists = {"conv2d_input_grad": conv.INPUT_GRAD_CONFIGS, "conv2d_weight_grad": conv.WEIGHT_GRAD_CONFIGS,
+             "conv2d_bias_grad": conv.BIAS_GRAD_CONFIGS, "max_pool2d_forward": pool.FORWARD_CONFIGS,
+             "max_pool2d_backward": pool.BACKWARD_CONFIGS}
+    if launcher in lists:
+        return list(range(len(lists[launcher])))
+    if launcher == "conv_relu_maxpool2d_forward":
+        weight, groups = args[1], args[6]
+        fma = weight.shape[1] < 16 and weight.shape[0] // groups <= 16
+        return [i for i, c in enumerate(fused.CONFIGS) if c["kind"] != "fma" or fma]
+    return [None]

@@ -10,8 +10,9 @@ from cnnfast.bench.workload import EAGER
 
 # Four cases (the Net blocks' max_pool2d, forward and forward+backward, batch 1), without torch.compile,
 # whose first compilation alone takes longer than this test may.
-ARGS = ["--device", "cpu", "--suite", "net", "--op", "max_pool2d", "--batch", "1", "--dtype", "float32",
-        "--layout", "nchw", "--providers", "eager,cnnfast:torch", "--warmup", "1", "--rep", "5"]
+# In this process (``--allocator system``): the default reruns the benchmark in a child process.
+ARGS = ["--device", "cpu", "--allocator", "system", "--suite", "net", "--op", "max_pool2d", "--batch", "1",
+        "--dtype", "float32", "--layout", "nchw", "--providers", "eager,cnnfast:torch", "--warmup", "1", "--rep", "5"]
 
 
 def test_bench_writes_json_markdown_and_plots_of_checked_timings(tmp_path, capsys):
@@ -31,6 +32,18 @@ def test_bench_writes_json_markdown_and_plots_of_checked_timings(tmp_path, capsy
     for name in ("t-speedup.png", "t-roofline.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert "== net" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the steady allocator is glibc's")
+def test_the_default_cpu_run_is_a_child_whose_allocator_keeps_freed_memory(tmp_path, capfd, monkeypatch):
+    for name in cli.STEADY_ALLOCATOR:
+        monkeypatch.delenv(name, raising=False)
+    args = [a for a in ARGS if a not in ("--allocator", "system")] + ["--direction", "fwd", "--providers", "eager"]
+    assert cli.main(args + ["--out", str(tmp_path), "--tag", "s", "--formats", "json,md"]) == 0
+    assert "running in a child process" in capfd.readouterr().out
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["environment"]["allocator"].startswith("steady: glibc MALLOC_MMAP_THRESHOLD_=")
+    assert any("kept freed memory" in n for n in data["notes"])
 
 
 def test_a_provider_that_fails_the_check_is_reported_and_not_timed(monkeypatch):
@@ -58,6 +71,24 @@ def test_stock_eager_past_the_ceiling_is_still_timed_and_widens_the_tolerance(mo
     assert same["tolerance"] == 2 * eager["rel_err"] and "ms" in same
 
 
+@pytest.mark.parametrize("noisy", [False, True])
+def test_cpu_rounds_go_on_while_a_provider_is_noisy(monkeypatch, noisy):
+    from cnnfast.bench import timing
+    calls = []
+
+    def fake(fn, device, *, warmup_ms, rep_ms):       # eager steady; cnnfast:torch alternating 1 / 2 ms if noisy
+        calls.append(fn)
+        return 1.0 + (noisy and len(calls) % 4 == 0)
+    monkeypatch.setattr(timing, "median_ms", fake)
+    case = suites.cases(suites=("net",), dtypes=("float32",), layouts=("nchw",), directions=("fwd",),
+                        ops=("max_pool2d",), batches=(1,))[0]
+    settings = {"warmup_ms": 1, "rep_ms": 5, "compile_mode": None,
+                "ceilings": {"bandwidth_GBs": 1.0, "tflops": {"float32": 1.0}}}
+    record = runner.run_case(case, torch.device("cpu"), [EAGER, "cnnfast:torch"], settings)
+    rounds = [len(r["ms_rounds"]) for r in record["providers"].values()]
+    assert rounds == [runner.CPU_MAX_ROUNDS if noisy else runner.CPU_ROUNDS] * 2
+
+
 def test_every_suite_has_cases_and_the_interpreted_triton_backend_is_never_timed():
     assert {c.suite for c in suites.cases()} == set(suites.SUITES)
     assert not any(p.endswith("triton") for p in runner.providers(torch.device("cpu")))
@@ -77,3 +108,35 @@ def test_formats_pick_what_is_written_and_unknown_names_are_refused(tmp_path):
     for option, value in (("--suite", "nett"), ("--op", "conv3d"), ("--dtype", "tf33"), ("--formats", "pdf")):
         with pytest.raises(SystemExit):
             cli.parse_args([option, value])
+
+
+# --- the pytest-benchmark micro-benchmarks (bench/micro): their cases are the suites', and they collect -----
+
+def test_micro_benchmark_cases_are_the_suites_cases_for_every_op_and_direction():
+    from cnnfast.bench import micro
+    for device_type in ("cpu", "cuda"):
+        cases = suites.micro_cases(device_type)
+        every = {c.id for c in suites.cases()}
+        assert cases and {c.id for c in cases} <= every, "a micro-benchmark case that cnnfast bench does not know"
+        assert {(c.op, c.direction) for c in cases} == {(op, d) for op in suites.OPS for d in suites.DIRECTIONS}
+        assert {c.batch for c in cases} == {suites.MICRO_BATCH[device_type]}
+    params = micro.params("cpu")
+    wanted = [p for p in runner.providers(torch.device("cpu")) if p != "compile"]
+    assert [(c.id, p) for c, p in params] == [(c.id, p) for c in suites.micro_cases("cpu") for p in wanted]
+
+
+def test_micro_benchmarks_collect_or_skip_for_want_of_pytest_benchmark():
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "bench" / "micro"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs", "-p", "no:cacheprovider",
+                          str(folder)], capture_output=True, text=True, cwd=folder.parents[1])
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        assert "need pytest-benchmark" in out.stdout, out.stdout + out.stderr
+        return
+    assert out.returncode == 0, out.stdout + out.stderr
+    from cnnfast.bench import micro
+    collected = [line for line in out.stdout.splitlines() if "::test_op[" in line]
+    assert len(collected) == len(micro.params()) > 0, out.stdout

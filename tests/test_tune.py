@@ -24,13 +24,15 @@ needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="needs the extension's CPU ke
 @pytest.fixture
 def tuner(tmp_path, monkeypatch):
     """The tuner on, with an empty cache in ``tmp_path`` and a fake timer: ``speeds[backend]`` (or
-    ``speeds[(backend, config)]``) seconds per call, 1.0 where not given. Yields the dict and the calls."""
+    ``speeds[(backend, config)]``) seconds per call, 1.0 where not given; a whole call (a training
+    call's plan, a confirmation's ``tune._whole(name)``) takes ``speeds[candidate]`` where given, else
+    the timer knows no time for it. Yields the dict and the calls."""
     monkeypatch.setenv("CNNFAST_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tune, "_ENABLED", True)
     speeds, calls = {}, []
 
     def fake(fn, device, candidate):
-        if candidate in (tune.STOCK_STEP, tune.CHOSEN_STEP):   # a whole training call: its directions' sum unless set
+        if candidate in (tune.STOCK_STEP, tune.CHOSEN_STEP) or candidate[1] == "whole call":
             return speeds.get(candidate, float("inf"))
         calls.append(candidate)
         return speeds.get(candidate, speeds.get(candidate[0], 1.0))
@@ -41,8 +43,19 @@ def tuner(tmp_path, monkeypatch):
 
 
 def _directions():
-    """The tuner's per-direction decisions (without the rows judging a training call as a whole)."""
-    return [d for d in tune.decisions() if d.launcher != "training call"]
+    """The tuner's per-direction decisions (without the rows judging a call as a whole)."""
+    return [d for d in tune.decisions() if d.launcher not in ("training call", "call")]
+
+
+def _cpu_off_by_one_percent_in(monkeypatch, launcher):
+    """The "cpu" backend's launchers, but ``launcher``'s result 1% off (a candidate that disagrees)."""
+    cpu = backends.launchers("cpu")
+
+    class Wrong:
+        def __getattr__(self, name):
+            fn = getattr(cpu, name)
+            return (lambda *args, **kwargs: fn(*args, **kwargs) * 1.01) if name == launcher else fn
+    monkeypatch.setitem(backends._LAUNCHERS, "cpu", Wrong())
 
 
 def _backward_matches_float64(fn, inputs, y):
@@ -211,6 +224,94 @@ def test_a_training_call_is_judged_whole_against_stock_pytorchs(tuner, stock_ste
     _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
 
 
+def _confirmations():
+    return [d for d in tune.decisions() if d.source == "confirmed"]
+
+
+@needs_cpu
+@pytest.mark.parametrize("whole, expected", [
+    ({"torch": 1.0, "auto": 0.5, "cpu": 0.6}, "auto"),     # the choices stand
+    ({"torch": 1.0, "auto": 0.99}, "torch"),               # no clear win in the program's own state: stock
+])
+def test_a_calls_judgement_is_confirmed_by_whole_calls_after_it_has_run_a_few_times(tuner, whole, expected):
+    """cpu wins every direction (a provisional "auto" call); CONFIRM_AFTER calls later the call is
+    timed whole on stock PyTorch and on the choices (all cpu), and the faster stands (stock unless
+    beaten by PLAN_MARGIN); then nothing is timed again."""
+    speeds, calls = tuner
+    speeds["cpu"] = 0.5
+    speeds.update({tune._whole(n): t for n, t in whole.items()})
+    x, weight, bias = _conv_inputs()
+    ref = lambda a, b, c: F.conv2d(a, b, c, padding=1)  # noqa: E731
+    for _ in range(tune.CONFIRM_AFTER):
+        y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+        assert not _confirmations() and "Convolution" not in type(y.grad_fn).__name__
+    y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    (d,) = _confirmations()
+    assert (d.launcher, d.backend) == ("training call", "as chosen" if expected == "auto" else expected)
+    assert (d.seconds, d.stock_seconds) == (whole[expected], 1.0)
+    timed = len(calls)
+    for _ in range(3):
+        y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    assert len(calls) == timed and len(_confirmations()) == 1
+    assert ("Convolution" in type(y.grad_fn).__name__) == (expected == "torch")
+    assert x.grad is None and weight.grad is None   # timing whole calls left the inputs alone
+    _backward_matches_float64(ref, (x, weight, bias), y)
+
+
+@needs_cpu
+def test_a_kernel_backend_can_win_a_call_whole_over_the_choices_per_direction(tuner, monkeypatch):
+    """cpu wins only the weight gradient, so the choices mix stock PyTorch and cpu; timed whole, cpu
+    for every direction beats both."""
+    speeds, _ = tuner
+    speeds.update({tune._whole("torch"): 1.0, tune._whole("auto"): 0.9, tune._whole("cpu"): 0.4})
+    current, decide, real = [None], tune._decide, tune.timer
+
+    def spy(launcher, *args):
+        current[0] = launcher
+        return decide(launcher, *args)
+    monkeypatch.setattr(tune, "_decide", spy)
+    monkeypatch.setattr(tune, "timer", lambda fn, device, candidate: (
+        0.5 if candidate == ("cpu", None) and current[0] == "conv2d_weight_grad" else 2.0 if candidate == ("cpu", None)
+        else real(fn, device, candidate)))
+    x, weight, bias = _conv_inputs()
+    for _ in range(tune.CONFIRM_AFTER + 1):
+        y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    assert {d.launcher: d.backend for d in _directions()}["conv2d_weight_grad"] == "cpu"
+    assert {d.launcher: d.backend for d in _directions()}["conv2d_forward"] == "torch"
+    (d,) = _confirmations()
+    assert (d.backend, d.seconds, d.stock_seconds, d.kernel_seconds) == ("cpu", 0.4, 1.0, 0.4)
+    assert "Convolution" not in type(y.grad_fn).__name__
+    _backward_matches_float64(lambda a, b, c: F.conv2d(a, b, c, padding=1), (x, weight, bias), y)
+
+
+@needs_cpu
+def test_a_forward_only_call_kept_on_stock_moves_to_a_kernel_that_wins_it_whole(tuner):
+    """Without gradients the call is its forward: judged stock at first (cpu's forward no faster),
+    it moves to cpu when the whole call, timed later, says so."""
+    speeds, _ = tuner
+    speeds.update({tune._whole("torch"): 1.0, tune._whole("cpu"): 0.5})
+    x, weight, bias = _conv_inputs(grad=False)
+    for _ in range(tune.CONFIRM_AFTER + 1):
+        y = cf.conv2d(x, weight, bias, backend="auto")
+    (d,) = _confirmations()
+    assert (d.launcher, d.backend, d.seconds) == ("call", "cpu", 0.5)
+    assert [c.backend for c in _directions()] == ["torch"]
+    torch.testing.assert_close(cf.conv2d(x, weight, bias, backend="auto"), F.conv2d(x, weight, bias))
+
+
+@needs_cpu
+def test_a_backend_that_disagreed_in_one_direction_never_runs_the_whole_call(tuner, monkeypatch):
+    speeds, _ = tuner
+    speeds.update({"cpu": 2.0, tune._whole("torch"): 1.0, tune._whole("cpu"): 0.1})
+    _cpu_off_by_one_percent_in(monkeypatch, "conv2d_weight_grad")
+    x, weight, bias = _conv_inputs()
+    with pytest.warns(RuntimeWarning, match="conv2d_weight_grad on backend 'cpu' disagrees"):
+        for _ in range(tune.CONFIRM_AFTER + 1):
+            y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
+    assert not _confirmations()            # stock was the only whole-call candidate left
+    assert "Convolution" in type(y.grad_fn).__name__
+
+
 @needs_cpu
 def test_a_choice_is_made_once_then_looked_up(tuner):
     speeds, calls = tuner
@@ -219,22 +320,14 @@ def test_a_choice_is_made_once_then_looked_up(tuner):
     for _ in range(3):
         cf.max_pool2d(x, 2, backend="auto")
     assert len(calls) == 2 * tune.CPU_RUNS     # stock and cpu, each once per round, then never again
-    assert [d.source for d in tune.decisions()] == ["measured"]
+    assert [d.source for d in tune.decisions()] == ["measured"]   # no confirmation: the fake knows no whole call
 
 
 @needs_cpu
 def test_a_candidate_that_disagrees_is_never_chosen_and_named_once(tuner, monkeypatch):
     speeds, _ = tuner
     speeds["cpu"] = 0.01
-    cpu = backends.launchers("cpu")
-
-    class Wrong:
-        def __getattr__(self, name):
-            return getattr(cpu, name)
-
-        def conv2d_forward(self, *args, **kwargs):
-            return cpu.conv2d_forward(*args, **kwargs) * 1.01
-    monkeypatch.setitem(backends._LAUNCHERS, "cpu", Wrong())
+    _cpu_off_by_one_percent_in(monkeypatch, "conv2d_forward")
     x, weight, bias = _conv_inputs(grad=False)
     with pytest.warns(RuntimeWarning, match=r"conv2d_forward on backend 'cpu' disagrees with stock PyTorch on "
                                             r"float32\[2, 5, 9, 7\].*relative error"):
@@ -415,11 +508,18 @@ def test_every_triton_launcher_has_a_config_space(launcher):
             assert len(found) == len(lists[launcher])
 
 
-def test_the_tune_tables_total_counts_a_training_calls_plan_instead_of_its_directions():
+def test_the_tune_tables_total_counts_a_calls_last_whole_call_row_instead_of_its_directions():
     from cnnfast.tune.cli import _totals
     D = tune.Decision
     rows = [D("conv2d_forward", "auto", "c", "cpu", None, 1.0, 2.0, "measured", "a"),
-            D("conv2d_input_grad", "auto", "c", "cpu", None, 1.0, 2.0, "measured", "a"),
+            D("conv2d_input_grad", "auto", "g", "cpu", None, 1.0, 2.0, "measured", "a"),
             D("training call", "auto", "c", "torch", None, 2.5, 2.5, "plan", "a", 2.0),
             D("conv2d_forward", "auto", "c", "cpu", None, 1.0, 3.0, "measured", "b")]
     assert _totals(rows) == (3.5, 5.5)
+    # Two calls in one layer (the Net's two blocks), each confirmed later: each call's confirmation counts.
+    rows += [D("conv_relu_maxpool2d_forward", "auto", "n1", "cpu", None, 1.0, 4.0, "measured", "net"),
+             D("conv_relu_maxpool2d_backward", "auto", "n1b", "cpu", None, 1.0, 4.0, "measured", "net"),
+             D("conv_relu_maxpool2d_forward", "auto", "n2", "cpu", None, 1.0, 2.0, "measured", "net"),
+             D("training call", "auto", "n1", "as chosen", None, 3.0, 6.0, "confirmed", "net", 3.0),
+             D("call", "auto", "n2", "torch", None, 2.0, 2.0, "confirmed", "net", 2.5)]
+    assert _totals(rows) == (3.5 + 3.0 + 2.0, 5.5 + 6.0 + 2.0)

@@ -5,7 +5,7 @@
 backend's launcher (``backends.kernels(name)``); a fake kernel gives ``torch.compile`` the output's shape
 and strides. Eager calls on plain tensors skip torch.library's dispatch (``_common`` says how); both
 paths run the op module's one backward. Each op module's ``launches`` lists the launcher calls a
-call makes, for the tuner to measure ahead (``cnnfast.tune.stock_is_fastest``). Stock PyTorch
+call makes, for the tuner to measure ahead (``cnnfast.tune.backend_for_call``). Stock PyTorch
 reaches the ops only as a per-direction choice of "auto"; backend "torch" never comes here.
 """
 from ._common import is_channels_last, wants_grad

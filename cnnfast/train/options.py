@@ -9,6 +9,15 @@ from .loop import _AMP
 from .models import MODELS
 
 
+def _backend(name: str) -> str:
+    """A backend name cnnfast knows (built-in, or registered by a plugin's entry point)."""
+    from .. import backends
+    try:
+        return backends._check_name(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or "cnnfast train",
@@ -72,8 +81,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="early stopping: a validation loss counts as lower only if by more than D (default 0)")
 
     g = p.add_argument_group("where and how it runs")
-    g.add_argument("--backend", choices=("triton", "cuda", "cpu", "torch", "auto"),
-                   help="cnnfast backend for every layer (default: cnnfast's default, 'auto')")
+    g.add_argument("--backend", type=_backend, metavar="NAME",
+                   help="cnnfast backend for every layer: triton, cuda, cpu, torch, auto, or one registered by "
+                        "a plugin (default: cnnfast's default, 'auto')")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if there is one)")
     g.add_argument("--amp", choices=tuple(_AMP), help="mixed precision: autocast to this dtype (float16 adds "
                    "gradient scaling)")

@@ -14,6 +14,10 @@ arguments. For a case never seen, the tuner
    kernel beats it by ``MARGIN``, so noise cannot flip a choice back and forth;
 4. remembers the choice in memory (a dict: the hot path's only cost) and on disk (``cache``).
 
+Under "auto" a call (its forward, and its backward where gradients are wanted) is then judged whole
+against stock PyTorch's, once at its first call and once more ``CONFIRM_AFTER`` calls later, when the
+first calls' slowness has passed (``backend_for_call``).
+
 It never tunes while ``torch.compile`` traces, inside CUDA-graph capture, on fake or meta tensors,
 or with ``CNNFAST_TUNE=0``; there the choice already made (in memory or on disk) stands, else the
 fixed heuristic: the named backend with its own config heuristic, or under "auto" the first
@@ -35,7 +39,7 @@ from .. import backends
 from .._outputs import FUSED_STATE
 from . import cache, space
 
-__all__ = ["enabled", "enable", "dispatch", "stock_is_fastest", "decisions", "clear", "layer", "Decision"]
+__all__ = ["enabled", "enable", "dispatch", "backend_for_call", "decisions", "clear", "layer", "Decision"]
 
 # A kernel must beat stock PyTorch by this fraction of its time to be chosen over it; a training call
 # (forward and gradients) leaves stock PyTorch only if its choices together beat stock PyTorch's own
@@ -47,6 +51,11 @@ PLAN_MARGIN = 0.03
 CPU_RUNS = 5
 PRUNE = 1.5
 GPU_RUNS = 10
+# A call's first judgement is provisional: the first calls of a shape are slow and unsteady (oneDNN
+# builds its primitives; the allocator's thresholds have yet to adapt, so fresh pages fault), so
+# CONFIRM_AFTER calls later its candidates are timed again as whole calls, in the state the program
+# runs in from then on, and the faster stands (``backend_for_call``).
+CONFIRM_AFTER = 3
 
 
 _ENABLED = os.environ.get("CNNFAST_TUNE", "1") != "0"
@@ -87,7 +96,9 @@ _MADE = {}             # key -> the Decision that made it
 _FILES = {}            # device -> cache.File
 _DECISIONS = []
 _WARNED = set()
-_STOCK_PLANS = {}      # forward key + gradients wanted -> bool (see stock_is_fastest)
+_CALLS = {}            # forward key + gradients wanted -> (backend, direction keys, Decision): see backend_for_call
+_PENDING = {}          # the same keys -> calls left before the call's judgement is confirmed
+_AGREED = {}           # direction key -> the backends that agreed with stock PyTorch on it
 _LAYER = [None]
 # The fused op's state each forward output's pos was written in (read by its backward's candidates).
 _STATE_OF = weakref.WeakKeyDictionary()
@@ -95,12 +106,10 @@ _STATE_OF = weakref.WeakKeyDictionary()
 
 def clear(disk: bool = False) -> None:
     """Forget every choice made in this process (and, with ``disk``, the cache files too)."""
-    _CHOICES.clear()
-    _MADE.clear()
+    _forget_choices()
     _FILES.clear()
     _DECISIONS.clear()
     _WARNED.clear()
-    _STOCK_PLANS.clear()
     if disk:
         cache.clear()
 
@@ -152,7 +161,9 @@ def _key(launcher, requested, args, kwargs):
 
 def _disk_key(key) -> str:
     launcher, requested, deterministic, _, parts, kw = key
-    return repr((launcher, requested, deterministic, parts, kw))
+    extra = backends._registered() if requested == "auto" else ()
+    # Under "auto" the choice was made among the backends registered then.
+    return repr((launcher, requested, deterministic, parts, kw) + ((extra,) if extra else ()))
 
 
 def _describe(key) -> str:
@@ -182,19 +193,18 @@ def _may_tune(args, device) -> bool:
                for a in args if isinstance(a, torch.Tensor))
 
 
-def _heuristic(requested, device):
-    """The choice without measurement: the named backend, or "auto"'s first available kernel backend."""
+def _heuristic(requested, device, launcher):
+    """The choice without measurement: the named backend, or "auto"'s first available kernel backend
+    that implements ``launcher``."""
     if requested != "auto":
         return requested, None
-    for name in backends._AUTO_ORDER.get(device.type, ()):
-        if backends._why_unavailable(name, device) is None:
-            return name, None
-    return "torch", None
+    order = backends._kernel_order(device, launcher)
+    return (order[0] if order else "torch"), None
 
 
 def _slow(requested, device) -> bool:
     """Backends whose timings mean nothing: the Triton interpreter, the CUDA emulator."""
-    return requested == "emulated_cuda" or (requested == "triton" and device.type == "cpu")
+    return backends._slow(requested, device)
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -239,7 +249,7 @@ def _warn_once(launcher, candidate, case, why):
 
 
 STOCK = ("torch", None)
-# What the timer is told it runs when it times a whole training call (``stock_is_fastest``): stock
+# What the timer is told it runs when it times a whole training call (``backend_for_call``): stock
 # PyTorch's, and the one on the directions' choices.
 STOCK_STEP = ("torch", "training call")
 CHOSEN_STEP = ("auto", "training call")
@@ -268,6 +278,7 @@ def _measure(launcher, requested, key, args, kwargs, pool):
             runs[candidate] = run
         else:
             _warn_once(launcher, candidate, case, why)
+    _AGREED[key] = {c[0] for c in runs}
     times = {c: [] for c in runs}
     for round_ in range(1 if device.type == "cuda" else CPU_RUNS):
         for candidate in times:
@@ -291,14 +302,16 @@ def _decide(launcher, requested, key, args, kwargs):
     disk_key = _disk_key(key)
     if not _slow(requested, device):
         stored = _file(device).get(disk_key)
-        if isinstance(stored, dict) and stored.get("backend") in backends.NAMES:
+        if (isinstance(stored, dict) and stored.get("backend") in backends._REGISTRY
+                and backends.has(stored["backend"], launcher)):
             choice = (stored["backend"], stored.get("config"))
+            _AGREED[key] = set(stored.get("agreed") or ())
             _record(launcher, requested, key, choice, stored.get("seconds"), stored.get("stock_seconds"), "cache",
                     stored.get("kernel_seconds"))
             _CHOICES[key] = choice
             return choice
     if _slow(requested, device) or not _may_tune(args, device):
-        return _heuristic(requested, device)    # not remembered: a later eager call may measure
+        return _heuristic(requested, device, launcher)    # not remembered: a later eager call may measure
     state = _STATE_OF.get(args[3], FUSED_STATE) if launcher == "conv_relu_maxpool2d_backward" else FUSED_STATE
     pool = space.candidates(launcher, requested, device, args, kwargs, state)
     kernel_seconds = None
@@ -312,10 +325,11 @@ def _decide(launcher, requested, key, args, kwargs):
             choice, seconds, stock_seconds, kernel_seconds = _measure(launcher, requested, key, args, kwargs, pool)
         source = "measured"
         if choice is None:   # every config of a named backend disagreed: its heuristic stands
-            choice, source = _heuristic(requested, device), "heuristic"
+            choice, source = _heuristic(requested, device, launcher), "heuristic"
         else:
             _file(device).put(disk_key, dict(backend=choice[0], config=choice[1], seconds=seconds,
-                                             stock_seconds=stock_seconds, kernel_seconds=kernel_seconds))
+                                             stock_seconds=stock_seconds, kernel_seconds=kernel_seconds,
+                                             agreed=sorted(_AGREED.get(key, ()))))
     _record(launcher, requested, key, choice, seconds, stock_seconds, source, kernel_seconds)
     _CHOICES[key] = choice
     return choice
@@ -348,7 +362,7 @@ def call(requested: str, launcher: str, *args, **kwargs):
     choice = _CHOICES.get(key)
     if choice is None:
         choice = _decide(launcher, requested, key, args, kwargs)
-    elif _LAYER[0] is not None and requested != "auto":   # "auto"'s are listed by stock_is_fastest
+    elif _LAYER[0] is not None and requested != "auto":   # "auto"'s are listed by backend_for_call
         _reused(key)
     backend, config = choice
     fn = getattr(backends.launchers(backend), launcher)
@@ -369,6 +383,8 @@ class _Dispatch:
     def __getattr__(self, launcher):
         if launcher.startswith("_"):
             raise AttributeError(launcher)
+        if self.requested != "auto" and not backends.has(self.requested, launcher):
+            return getattr(backends.launchers(self.requested), launcher)   # stock PyTorch stands in
         fn = functools.partial(call, self.requested, launcher)
         setattr(self, launcher, fn)
         return fn
@@ -376,37 +392,59 @@ class _Dispatch:
 
 def dispatch(name: str):
     """What the ops call for backend ``name``: the tuner where there is something to choose ("auto";
-    "triton", whose configs differ), else the backend's launchers themselves (no cost per call)."""
-    if name == "auto" or (name == "triton" and not backends._interpreting()):
+    a backend with configs, ``tune_configs``: "triton"), else the backend's launchers themselves (no
+    cost per call)."""
+    if name == "auto" or getattr(backends.launchers(name), "tune_configs", None) is not None:
         return _Dispatch(name)
     return backends.launchers(name)
 
 
-def stock_is_fastest(forward, gradients, stock, chosen, inputs) -> bool:
-    """Under "auto": whether stock PyTorch was chosen for the forward ``(launcher, args, kwargs)`` and
-    for every gradient launch that ``gradients()`` lists (the same form; called only the first time).
-    The front end then calls stock PyTorch directly, as if cnnfast were not there. A training call
-    whose directions did not all choose stock is judged whole: ``stock(*inputs)`` and
-    ``chosen(*inputs)``, the call in stock PyTorch and on the choices, have their forward and backward
-    timed against each other (stock's one backward call computes every gradient; per-direction
-    timings miss that)."""
+def _forget_choices() -> None:
+    """Forget the choices in memory (a backend was registered or removed: the candidates changed)."""
+    _CHOICES.clear()
+    _MADE.clear()
+    _CALLS.clear()
+    _PENDING.clear()
+    _AGREED.clear()
+
+
+def backend_for_call(forward, gradients, stock, ours, inputs) -> str:
+    """Under "auto": the backend one call runs on. ``forward`` is its forward launch ``(launcher,
+    args, kwargs)``, ``gradients()`` lists the gradient launches its backward will make (the same
+    form; called only the first time), ``stock(*inputs)`` runs the call in stock PyTorch and
+    ``ours(name, *inputs)`` on backend ``name`` ("auto": on the tuner's choice per direction).
+
+    The answer is "torch" where stock PyTorch was chosen for every direction (the front end then
+    calls stock PyTorch directly, as if cnnfast were not there), else "auto". A training call whose
+    directions did not all choose stock is judged whole (``_plan``): stock's one backward call
+    computes every gradient, and per-direction timings miss that. Every judgement is provisional:
+    ``CONFIRM_AFTER`` calls later, the call is timed whole once more on stock PyTorch, on the choices
+    and on each kernel backend that agreed with stock in every direction (``_confirm``), and the
+    fastest stands, stock PyTorch unless beaten by ``PLAN_MARGIN``."""
     launcher, args, kwargs = forward
     wants = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
     key = (_key(launcher, "auto", args, kwargs), wants)
-    known = _STOCK_PLANS.get(key)
+    known = _CALLS.get(key)
     if known is not None:
         if _LAYER[0] is not None:
             for k in known[1]:
                 _reused(k)
             if known[2] is not None:
                 _DECISIONS.append(dataclasses.replace(known[2], layer=_LAYER[0], source="reused"))
+        left = _PENDING.get(key)
+        if left is not None:
+            if left > 1:
+                _PENDING[key] = left - 1
+            elif _may_tune(args, _device(args)):
+                del _PENDING[key]
+                known = _CALLS[key] = _confirm(known, wants, stock, ours, inputs, _device(args))
         return known[0]
     device = _device(args)
     if not _may_tune(args, device):
-        return False
+        return "auto"
     with torch.no_grad():
         launches = [forward] + (list(gradients()) if wants else [])
-    answer, keys = True, []
+    all_stock, keys = True, []
     for launcher, args, kwargs in launches:
         k = _key(launcher, "auto", args, kwargs)
         choice = _CHOICES.get(k)
@@ -415,18 +453,25 @@ def stock_is_fastest(forward, gradients, stock, chosen, inputs) -> bool:
         elif _LAYER[0] is not None:
             _reused(k)
         keys.append(k)
-        answer = answer and choice[0] == "torch"
+        all_stock = all_stock and choice[0] == "torch"
     plan = None
-    if not answer and len(keys) > 1:
-        plan = _plan(keys, stock, chosen, inputs, device)
-        answer = plan is not None and plan.backend == "torch"
-    _STOCK_PLANS[key] = (answer, keys, plan)
-    return answer
+    if not all_stock and len(keys) > 1:
+        plan = _plan(keys, stock, functools.partial(ours, "auto"), inputs, device)
+        all_stock = plan is not None and plan.backend == "torch"
+    _CALLS[key] = ("torch" if all_stock else "auto", keys, plan)
+    _PENDING[key] = CONFIRM_AFTER
+    return _CALLS[key][0]
 
 
-def _training_step(fn, inputs):
-    """A function running ``fn``'s forward and backward on copies of ``inputs`` (tensors or None)
-    that ask for the same gradients, with one random output gradient; the inputs are untouched."""
+def _step(fn, inputs, backward: bool):
+    """A function running ``fn(*inputs)`` (under ``torch.no_grad()``), or with ``backward`` its forward
+    and backward on copies of ``inputs`` (tensors or None) that ask for the same gradients, with one
+    random output gradient; the inputs are untouched."""
+    if not backward:
+        def forward_only():
+            with torch.no_grad():
+                fn(*inputs)
+        return forward_only
     leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in inputs]
     wanted = [t for t in leaves if t is not None and t.requires_grad]
 
@@ -454,13 +499,8 @@ def _plan(keys, stock, chosen, inputs, device) -> Optional[Decision]:
     if any(d is None or d.seconds is None or d.stock_seconds is None for d in made):
         return None
     totals = {STOCK_STEP: sum(d.stock_seconds for d in made), CHOSEN_STEP: sum(d.seconds for d in made)}
-    steps = {STOCK_STEP: _training_step(stock, inputs), CHOSEN_STEP: _training_step(chosen, inputs)}
-    for fn in steps.values():
-        fn()   # warm-up
-    times = {c: [] for c in steps}
-    for _ in range(1 if device.type == "cuda" else CPU_RUNS):
-        for c, fn in steps.items():
-            times[c].append(timer(fn, device, c))
+    steps = {STOCK_STEP: _step(stock, inputs, True), CHOSEN_STEP: _step(chosen, inputs, True)}
+    times = _rounds(steps, device)
     for c, t in times.items():
         if min(t) < float("inf"):
             totals[c] = min(t)
@@ -473,3 +513,55 @@ def _plan(keys, stock, chosen, inputs, device) -> Optional[Decision]:
         print(f"cnnfast.tune: training call {d.case}: {d.backend} (on the choices {on_choices * 1e3:.3f} ms, "
               f"stock {on_stock * 1e3:.3f} ms)", file=sys.stderr)
     return d
+
+
+def _rounds(steps, device) -> dict:
+    """Each of ``steps`` (candidate -> function) run once to warm up, then timed in alternating rounds
+    (``CPU_RUNS`` on a CPU; on a GPU one, the timer's median of ``GPU_RUNS``): candidate -> times."""
+    for fn in steps.values():
+        fn()
+    times = {c: [] for c in steps}
+    for _ in range(1 if device.type == "cuda" else CPU_RUNS):
+        for c, fn in steps.items():
+            times[c].append(timer(fn, device, c))
+    return times
+
+
+def _whole(name: str) -> tuple:
+    """What the timer is told it runs when ``_confirm`` times a whole call on backend ``name``."""
+    return (name, "whole call")
+
+
+def _confirm(known, backward: bool, stock, ours, inputs, device) -> tuple:
+    """A call's judgement ``known`` confirmed or overturned (see ``backend_for_call``): the call timed
+    whole on stock PyTorch, on the directions' choices (unless those are all stock PyTorch) and on
+    each kernel backend that agreed with stock PyTorch in every direction measured, in alternating
+    rounds, the median of each; the fastest stands if it beats stock by ``PLAN_MARGIN``. A candidate
+    the timer knows no time for (infinity: a test's fake timer) is not a choice; without a time for
+    stock PyTorch the judgement stands."""
+    keys = known[1]
+    choices = [_CHOICES.get(k) for k in keys]
+    names = ["torch"] + (["auto"] if any(c is None or c[0] != "torch" for c in choices) else [])
+    agreed = [_AGREED.get(k, set()) for k in keys]
+    names += [n for n in backends._kernel_order(device) if all(n in a for a in agreed)
+              and not all(c is not None and c[0] == n for c in choices)]
+    if len(names) == 1:
+        return known
+    steps = {_whole(n): _step(stock if n == "torch" else functools.partial(ours, n), inputs, backward)
+             for n in names}
+    times = {c: sorted(t)[len(t) // 2] for c, t in _rounds(steps, device).items()}
+    on_stock = times[_whole("torch")]
+    if not on_stock < float("inf"):
+        return known
+    best = min(names[1:], key=lambda n: times[_whole(n)])
+    wins = times[_whole(best)] < (1 - PLAN_MARGIN) * on_stock
+    chosen = best if wins else "torch"
+    made = _MADE.get(keys[0])
+    d = Decision("training call" if backward else "call", "auto", made.case if made else "-",
+                 "as chosen" if chosen == "auto" else chosen, None, times[_whole(chosen)], on_stock,
+                 "confirmed", _LAYER[0], times[_whole(best)])
+    _DECISIONS.append(d)
+    if _verbose():
+        timed = ", ".join(f"{n} {times[_whole(n)] * 1e3:.3f} ms" for n in names)
+        print(f"cnnfast.tune: {d.launcher} {d.case}: {d.backend}, confirmed ({timed})", file=sys.stderr)
+    return (chosen, keys, d)

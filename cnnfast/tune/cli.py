@@ -1,5 +1,5 @@
-"""``cnnfast tune``: tune every layer of a model (one forward and backward) and print the choices;
-show or clear the cache."""
+"""``cnnfast tune``: tune every layer of a model (its training step run until every call's choice is
+confirmed) and print the choices; show or clear the cache."""
 import argparse
 import sys
 
@@ -12,8 +12,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def _parser(prog):
     p = argparse.ArgumentParser(prog=prog, description=(
-        "Run a model's forward and backward once on cnnfast's layers, measuring the choice of backend and "
-        "config for every layer and direction (stock PyTorch among the candidates), and print them. "
+        "Run a model's forward and backward on cnnfast's layers, measuring the choice of backend and "
+        "config for every layer and direction (stock PyTorch among the candidates) in the first step and "
+        f"confirming each layer's call, timed whole, {tune.CONFIRM_AFTER} steps later; print them. "
         "The choices are cached on disk and reused by every later run on this device."))
     p.add_argument("--model", default="net",
                    help="'net' (cnnfast.Net) or a torchvision model name, converted with cnnfast.convert "
@@ -67,21 +68,27 @@ def _ms(s):
     return "-" if s is None else f"{s * 1e3:.3f}"
 
 
+WHOLE = ("training call", "call")   # the rows judging a call as a whole
+
+
 def _totals(decisions):
-    """(chosen, stock) seconds over the decisions: a layer's training-call row (its plan, judged against
-    stock PyTorch's whole training call) stands for its direction rows."""
-    per_layer, planned = {}, {}
-    for i, d in enumerate(decisions):
+    """(chosen, stock) seconds over the decisions: a call's last whole-call row (its plan, or its
+    confirmation: judged against stock PyTorch's whole call) stands for its direction rows. A call is
+    a layer's forward and the rows that follow it in that layer."""
+    per_call, whole, forward_of = {}, {}, {}
+    for d in decisions:
+        if d.launcher.endswith("_forward"):
+            forward_of[d.layer] = d.case
+        key = (d.layer, d.case if d.launcher in WHOLE else forward_of.get(d.layer, d.case))
         if not (d.seconds and d.stock_seconds):
             continue
-        key = d.layer if d.layer is not None else i
-        if d.launcher == "training call":
-            planned[key] = (d.seconds, d.stock_seconds)
+        if d.launcher in WHOLE:
+            whole[key] = (d.seconds, d.stock_seconds)
         else:
-            chosen, stock = per_layer.get(key, (0.0, 0.0))
-            per_layer[key] = (chosen + d.seconds, stock + d.stock_seconds)
-    per_layer.update(planned)
-    return sum(c for c, _ in per_layer.values()), sum(s for _, s in per_layer.values())
+            chosen, stock = per_call.get(key, (0.0, 0.0))
+            per_call[key] = (chosen + d.seconds, stock + d.stock_seconds)
+    per_call.update(whole)
+    return sum(c for c, _ in per_call.values()), sum(s for _, s in per_call.values())
 
 
 def _table(decisions):
@@ -95,7 +102,7 @@ def _table(decisions):
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if stock_total:
-        lines.append(f"\nmeasured calls (a training call's plan standing for its directions): "
+        lines.append(f"\nmeasured calls (a call's last whole-call row standing for its directions): "
                      f"{chosen_total * 1e3:.3f} ms chosen, {stock_total * 1e3:.3f} ms stock PyTorch "
                      f"({stock_total / chosen_total:.2f}x)")
     return "\n".join(lines)
@@ -127,12 +134,17 @@ def main(argv=None, prog="cnnfast tune") -> int:
     start = len(tune.decisions())
     handles = _label_layers(model)
     try:
-        model(x).float().square().mean().backward()
+        for step in range(tune.CONFIRM_AFTER + 1):
+            model(x).float().square().mean().backward()
+            first = len(tune.decisions()) if step == 0 else first
     finally:
         for h in handles:
             h.remove()
+    # The first step's rows, and of the later steps' only the confirmations (the rest repeat the first's).
+    made = tune.decisions()
+    rows = made[start:first] + [d for d in made[first:] if d.source == "confirmed"]
     print(f"cnnfast tune: {args.model}, batch {args.batch}, {image}x{image}, {args.dtype}"
           f"{', channels_last' if args.channels_last else ''}, {device}, backend {args.backend}")
-    print(_table(tune.decisions()[start:]))
+    print(_table(rows))
     print(f"\ncache: {tune.cache.directory()}")
     return 0

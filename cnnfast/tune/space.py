@@ -1,10 +1,9 @@
 """What the tuner chooses among, and how it checks a candidate before timing it.
 
-A candidate is ``(backend, config)``: config an index into the backend's config list for that
-launcher (the Triton kernels' ``*_CONFIGS``), or None where the backend has one way to run it (the
-C++ kernels tile themselves; stock PyTorch picks its own algorithm). Configs are pruned by shape
-with the rules the kernels' own heuristics follow: the direct and FMA paths unroll the reduction,
-so they are candidates only where it is short.
+A candidate is ``(backend, config)``: config one of the values the backend's ``tune_configs`` lists
+for the call (the Triton kernels': an index into their ``*_CONFIGS``), or None where the backend has
+one way to run it (the C++ kernels tile themselves; stock PyTorch picks its own algorithm; a
+registered backend without ``tune_configs``).
 """
 import torch
 
@@ -17,23 +16,9 @@ TOLERANCE = {torch.float32: 1e-4, "tf32": 2e-2, torch.float16: 1e-2, torch.bfloa
 
 
 def _triton_configs(launcher: str, args, kwargs):
-    """Indices of the Triton configs that can serve this call, or [None] for a launcher without configs."""
-    from ..kernels import conv_relu_maxpool2d as fused, max_pool2d as pool
-    from ..kernels.conv2d import configs as conv
-    if launcher == "conv2d_forward":
-        x, weight, groups = args[0], args[1], args[6]
-        red, kg = weight.shape[1] * weight.shape[2] * weight.shape[3], weight.shape[0] // groups
-        return [i for i, c in enumerate(conv.FORWARD_CONFIGS) if c["kind"] != "direct" or (red <= 64 and kg <= 32)]
-    lists = {"conv2d_input_grad": conv.INPUT_GRAD_CONFIGS, "conv2d_weight_grad": conv.WEIGHT_GRAD_CONFIGS,
-             "conv2d_bias_grad": conv.BIAS_GRAD_CONFIGS, "max_pool2d_forward": pool.FORWARD_CONFIGS,
-             "max_pool2d_backward": pool.BACKWARD_CONFIGS}
-    if launcher in lists:
-        return list(range(len(lists[launcher])))
-    if launcher == "conv_relu_maxpool2d_forward":
-        weight, groups = args[1], args[6]
-        fma = weight.shape[1] < 16 and weight.shape[0] // groups <= 16
-        return [i for i, c in enumerate(fused.CONFIGS) if c["kind"] != "fma" or fma]
-    return [None]
+    """The Triton backend's configs for this call (``cnnfast.kernels.tune_configs``)."""
+    from .. import kernels
+    return kernels.tune_configs(launcher, args, kwargs)
 
 
 def candidates(launcher: str, requested: str, device: torch.device, args, kwargs, state=FUSED_STATE):
@@ -41,18 +26,19 @@ def candidates(launcher: str, requested: str, device: torch.device, args, kwargs
     runs on ``device`` with each of its configs, else ``requested``'s configs. Under
     ``torch.use_deterministic_algorithms(True)`` only deterministic ones; for the fused op's backward
     only backends that read the ``state`` its forward wrote."""
-    names = backends._AUTO_ORDER.get(device.type, ("torch",)) if requested == "auto" else (requested,)
+    names = backends._kernel_order(device, launcher) + ["torch"] if requested == "auto" else [requested]
     deterministic = torch.are_deterministic_algorithms_enabled()
     out = []
     for name in names:
-        if backends._why_unavailable(name, device) is not None:
+        if backends._why_unavailable(name, device) is not None or not backends.has(name, launcher):
             continue
         module = backends.launchers(name)
         if deterministic and launcher in getattr(module, "NONDETERMINISTIC", ()):
             continue
         if launcher == "conv_relu_maxpool2d_backward" and getattr(module, "FUSED_STATE", FUSED_STATE) != state:
             continue
-        configs = _triton_configs(launcher, args, kwargs) if name == "triton" else [None]
+        tune_configs = getattr(module, "tune_configs", None)
+        configs = [None] if tune_configs is None else tune_configs(launcher, args, kwargs)
         out += [(name, c) for c in configs]
     return out
 
