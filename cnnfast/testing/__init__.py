@@ -8,3 +8,7 @@ is a ``Failure`` record (``cnnfast.testing._reference``) naming the op, the case
 arguments), the seed, the error against float64 and the bound it broke. cnnfast's own tests/ import
 these tests and run them on every built-in backend.
 """
+from ._reference import ConformanceError, Failure  # noqa: E402
+from ._run import Report, run  # noqa: E402
+
+__all__ = ["run", "Report", "Failure", "ConformanceError"]

@@ -46,11 +46,16 @@ def pytest_configure(config):
 
 
 def _check_backend(name, device):
-    """A usage error, in a sentence, unless backend ``name`` runs on ``device``."""
+    """A usage error, in a sentence, unless backend ``name`` is known and runs on ``device``."""
     import torch
 
     import cnnfast
-    try:
-        cnnfast.backends.resolve(name, "cnnfast.testing", torch.empty(0, device=device))
-    except (ValueError, RuntimeError, TypeError) as e:
-        raise pytest.UsageError(f"--cnnfast-backend {name}: {e}") from None
+    if name == "auto":
+        return
+    known = cnnfast.backends.names()
+    if name not in known:
+        raise pytest.UsageError(f"--cnnfast-backend {name}: unknown cnnfast backend; expected one of "
+                                f"{', '.join(known)} (or a backend registered with cnnfast.backends.register)")
+    why = cnnfast.backends._why_unavailable(name, torch.device(device))
+    if why is not None:
+        raise pytest.UsageError(f"--cnnfast-backend {name}: {why}")
