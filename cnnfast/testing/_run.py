@@ -24,6 +24,7 @@ class _Collector:
 
     def __init__(self):
         self.failures, self.counts = [], {"passed": 0, "failed": 0, "skipped": 0, "deselected": 0, "errors": 0}
+        self.skips = {}     # reason -> how many tests it skipped
 
     def pytest_deselected(self, items):
         self.counts["deselected"] += len(items)
@@ -59,6 +60,9 @@ class _Collector:
                 self.counts["passed"] += 1
             elif report.skipped:
                 self.counts["skipped"] += 1
+                reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+                reason = reason.removeprefix("Skipped: ")
+                self.skips[reason] = self.skips.get(reason, 0) + 1
             elif report.when == "setup":
                 self.counts["errors"] += 1
             else:
@@ -71,7 +75,8 @@ class _Collector:
 class Report:
     """What ``run`` found: ``passed`` (every selected test passed, and at least one ran), ``failures``
     (``Failure`` records: op, case, shapes and arguments, seed, error against float64, bound, message),
-    the outcome ``counts``, pytest's ``exit_code`` and the wall time in ``seconds``."""
+    the outcome ``counts``, ``skips`` (each reason a test was skipped for -> how many: an op the backend
+    does not implement, a test that needs a GPU), pytest's ``exit_code`` and the wall time in ``seconds``."""
     backend: str
     device: str
     quick: bool
@@ -80,13 +85,14 @@ class Report:
     counts: dict
     exit_code: int
     seconds: float
+    skips: dict = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.exit_code == 0 and not self.failures and self.counts["passed"] > 0
 
     def summary(self) -> str:
-        """One line of counts, then every failure."""
+        """One line of counts, the reasons for skips, then every failure."""
         mode = ", quick" if self.quick else ""
         select = f", -k {self.k!r}" if self.k else ""
         counts = ", ".join(f"{n} {what}" for what, n in self.counts.items() if n)
@@ -95,7 +101,8 @@ class Report:
                 f"{counts or 'no tests ran'} in {self.seconds:.1f}s")
         if not self.passed and not self.failures and self.counts["passed"] == 0:
             head += " (no test was selected)" if self.exit_code in (0, 5) else f" (pytest exit code {self.exit_code})"
-        return "\n\n".join([head] + [f"FAILED {f}" for f in self.failures])
+        skipped = [f"  skipped {n}: {reason}" for reason, n in sorted(self.skips.items())]
+        return "\n\n".join(["\n".join([head] + skipped)] + [f"FAILED {f}" for f in self.failures])
 
     def __str__(self) -> str:
         return self.summary()
@@ -136,4 +143,4 @@ def run(backend: str, quick: bool = True, device: str = "cpu", k: str = None, se
         raise ValueError(f"cnnfast.testing.run({backend!r}, device={device!r}): pytest refused the arguments "
                          "(an unknown backend, or one that cannot run on this device; pytest said why above)")
     return Report(backend=backend, device=device, quick=quick, k=k, failures=collector.failures,
-                  counts=collector.counts, exit_code=code, seconds=time.perf_counter() - start)
+                  counts=collector.counts, exit_code=code, seconds=time.perf_counter() - start, skips=collector.skips)
