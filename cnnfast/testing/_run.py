@@ -1,5 +1,5 @@
 """``cnnfast.testing.run``: the conformance suite on one backend, in this process (``pytest.main`` on
-``--pyargs cnnfast.testing`` with a small plugin that keeps each failure's structured record)."""
+the suite's folder with a small plugin that keeps each failure's structured record)."""
 import dataclasses
 import os
 import time
@@ -124,7 +124,10 @@ def run(backend: str, quick: bool = True, device: str = "cpu", k: str = None, se
     """
     import pytest
 
-    args = ["-p", "cnnfast.testing.plugin", "--pyargs", "cnnfast.testing", "--cnnfast-backend", backend,
+    # The suite alone, whatever the working directory: named by its folder (with ``--pyargs`` pytest
+    # would also load ./test*/conftest.py), without the settings of the project it is run from.
+    here = os.path.dirname(os.path.abspath(__file__))
+    args = [here, "--rootdir", here, "-o", "addopts=", "-p", "cnnfast.testing.plugin", "--cnnfast-backend", backend,
             "--cnnfast-device", device, "--cnnfast-seed", str(int(seed)), "-p", "no:cacheprovider"]
     if quick:
         args.append("--cnnfast-quick")
