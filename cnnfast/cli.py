@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "train": ("cnnfast.train", "train a CNN on cnnfast's layers, or fine-tune a pretrained one"),
     "bench": ("cnnfast.bench.cli", "time the layers against cuDNN/oneDNN and torch.compile, with rooflines"),
+    "test": ("cnnfast.testing.cli", "run cnnfast's conformance suite (float64 references, every argument) on a backend"),
     "tune": ("cnnfast.tune.cli", "measure the fastest backend and config for every layer of a model, cached"),
     "build-extension": ("cnnfast.build", "compile the C++/CUDA kernels (cnnfast._C) for the installed torch"),
 }

@@ -13,8 +13,7 @@ from conftest import DEVICE, DTYPES, assert_matches, rand
 
 import cnnfast
 import cnnfast.functional as cf
-import test_conv2d
-import test_fused
+from cnnfast.testing import test_conv2d, test_fused
 
 if DEVICE == "cuda":
     BACKEND = "cuda" if "cuda" in cnnfast.backends.available("cuda") else None
@@ -38,10 +37,11 @@ def _expect(launches, *fragments):
         assert any(fragment in line for line in launches), f"no launch of {fragment!r} in {launches}"
 
 
-def _check_launching(module, case, cases, fragments):
-    """module._check of `case` in float32, which must launch programs matching `fragments`."""
+def _check_launching(check, case, cases, fragments, seed):
+    """``check`` (the suite's check_conv2d or check_fused) of `case` in float32, which must launch
+    programs matching `fragments`."""
     _launches()
-    module._check(case, torch.float32, BACKEND, cases=cases)
+    check(case, torch.float32, BACKEND, seed, cases=cases)
     _expect(_launches(), *fragments)
 
 
@@ -84,38 +84,38 @@ FUSED_CASES = {name: case[:4] for name, case in FUSED.items()}
 
 
 @pytest.mark.parametrize("case", list(CONV))
-def test_cuda_conv2d_program_matches_float64_reference(case):
-    _check_launching(test_conv2d, case, CONV_CASES, CONV[case][3])
+def test_cuda_conv2d_program_matches_float64_reference(case, seed):
+    _check_launching(test_conv2d.check_conv2d, case, CONV_CASES, CONV[case][3], seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
 @pytest.mark.parametrize("case", ["direct_patch", "gemm_bn32", "gemm_bn64_groups_strided"])
-def test_cuda_conv2d_program_low_precision_on_tensor_cores(case, dtype):
+def test_cuda_conv2d_program_low_precision_on_tensor_cores(case, dtype, seed):
     _launches()
-    test_conv2d._check(case, dtype, BACKEND, cases=CONV_CASES)
+    test_conv2d.check_conv2d(case, dtype, BACKEND, seed, cases=CONV_CASES)
     launches = _launches()
     if case.startswith("gemm"):
         _expect(launches, "gemm fwd " + str(dtype).replace("torch.", "") + " tensor_core")
 
 
 @pytest.mark.parametrize("case", ["direct_patch", "gemm_bn64_groups_strided"])
-def test_cuda_conv2d_program_channels_last(case):
-    test_conv2d._check(case, torch.float32, BACKEND, channels_last=True, cases=CONV_CASES)
+def test_cuda_conv2d_program_channels_last(case, seed):
+    test_conv2d.check_conv2d(case, torch.float32, BACKEND, seed, channels_last=True, cases=CONV_CASES)
 
 
 @pytest.mark.parametrize("case", list(FUSED))
-def test_cuda_fused_program_matches_float64_reference(case):
-    _check_launching(test_fused, case, FUSED_CASES, FUSED[case][4])
+def test_cuda_fused_program_matches_float64_reference(case, seed):
+    _check_launching(test_fused.check_fused, case, FUSED_CASES, FUSED[case][4], seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
 @pytest.mark.parametrize("case", ["direct_pool", "gemm_pool_overlapping_ceil"])
-def test_cuda_fused_program_low_precision(case, dtype):
-    test_fused._check(case, dtype, BACKEND, cases=FUSED_CASES)
+def test_cuda_fused_program_low_precision(case, dtype, seed):
+    test_fused.check_fused(case, dtype, BACKEND, seed, cases=FUSED_CASES)
 
 
-def test_cuda_fused_program_channels_last():
-    test_fused._check("gemm_pool_2x2", torch.float32, BACKEND, channels_last=True, cases=FUSED_CASES)
+def test_cuda_fused_program_channels_last(seed):
+    test_fused.check_fused("gemm_pool_2x2", torch.float32, BACKEND, seed, channels_last=True, cases=FUSED_CASES)
 
 
 @pytest.mark.parametrize("case", ["gemm_bn64_groups_strided", "direct_patch"])

@@ -34,8 +34,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
                    allow_tf32=False):
     n, k, g = x.shape[0], weight.shape[0], groups
     cols = _columns(x.float(), weight.shape[2:], stride, padding, dilation, out_size)
-    cols = cols.view(n, g, -1, cols.shape[-1])                       # (N, G, C/G·R·S, L)
-    w = weight.float().reshape(g, k // g, -1)                        # (G, K/G, C/G·R·S)
+    cols = cols.view(n, g, cols.shape[1] // g, cols.shape[-1])       # (N, G, C/G·R·S, L)
+    w = weight.float().reshape(g, k // g, weight[0].numel())         # (G, K/G, C/G·R·S)
     y = torch.einsum("gkc,ngcl->ngkl", w, cols).reshape(n, k, *out_size)
     if bias is not None:
         y = y + bias.float().view(1, k, 1, 1)
@@ -47,9 +47,9 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
     n, k, g = grad_out.shape[0], weight.shape[0], groups
     c = weight.shape[1] * g
     out_size = tuple(grad_out.shape[2:])
-    w = weight.float().reshape(g, k // g, -1)
-    dy = grad_out.float().reshape(n, g, k // g, -1)                  # (N, G, K/G, L)
-    dcols = torch.einsum("gkc,ngkl->ngcl", w, dy).reshape(n, -1, dy.shape[-1])
+    w = weight.float().reshape(g, k // g, weight[0].numel())
+    dy = grad_out.float().reshape(n, g, k // g, out_size[0] * out_size[1])   # (N, G, K/G, L)
+    dcols = torch.einsum("gkc,ngkl->ngcl", w, dy).reshape(n, g * w.shape[-1], dy.shape[-1])
     (top, bottom, rows), (left, right, cols) = _padded(input_size, out_size, weight.shape[2:], stride, padding,
                                                        dilation)
     dxp = F.fold(dcols, (rows, cols), weight.shape[2:], dilation=dilation, stride=stride)
@@ -62,8 +62,8 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
                        allow_tf32=False):
     n, k, g = x.shape[0], weight_size[0], groups
     cols = _columns(x.float(), tuple(weight_size[2:]), stride, padding, dilation, tuple(grad_out.shape[2:]))
-    cols = cols.view(n, g, -1, cols.shape[-1])
-    dy = grad_out.float().reshape(n, g, k // g, -1)
+    cols = cols.view(n, g, cols.shape[1] // g, cols.shape[-1])
+    dy = grad_out.float().reshape(n, g, k // g, cols.shape[-1])
     return torch.einsum("ngkl,ngcl->gkc", dy, cols).reshape(tuple(weight_size)).to(x.dtype)
 
 
