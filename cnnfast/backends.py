@@ -53,6 +53,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ENTRY_POINT_GROUP = "cnnfast.backends"
 
 _NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
+_PATH_RULE = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?\Z")
 # Device types no backend can claim: meta tensors never reach a kernel (they run stock PyTorch's meta
 # functions), and fake tensors get the custom ops' fake kernels.
 _NOT_A_KERNEL_DEVICE = ("meta",)
@@ -69,11 +70,14 @@ class Backend:
         self._path = launchers if isinstance(launchers, str) else None
         self._object = None if self._path is not None else launchers
         self.functions = None if self._path is not None else _functions(name, launchers)
+        self.problem = None    # why its launchers did not load (a sentence), or None
 
     def runs_on(self, device_type: str) -> bool:
         return self.devices is None or device_type in self.devices
 
     def why_unavailable(self, device: torch.device):
+        if self.problem is not None:
+            return self.problem
         if self._available is not None:
             why = self._available(device)
             if why is not None:
@@ -87,10 +91,19 @@ class Backend:
         """The launchers object as registered (imported now if registered as a path)."""
         if self._object is None:
             module, _, attribute = self._path.partition(":")
-            obj = importlib.import_module(module)
-            for part in filter(None, attribute.split(".")):
-                obj = getattr(obj, part)
-            self.functions = _functions(self.name, obj)
+            try:
+                obj = importlib.import_module(module)
+                for part in filter(None, attribute.split(".")):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError) as e:
+                self.problem = (f"backend {self.name!r}: its launchers {self._path!r} do not import "
+                                f"({type(e).__name__}: {e})")
+                raise RuntimeError(self.problem) from e
+            try:
+                self.functions = _functions(self.name, obj)
+            except TypeError as e:
+                self.problem = str(e)
+                raise
             self._object = obj
         return self._object
 
@@ -100,7 +113,10 @@ class Backend:
         if self.functions is None:
             if torch.compiler.is_compiling():
                 return True
-            self.load()
+            try:
+                self.load()
+            except (RuntimeError, TypeError):
+                return False    # self.problem says why; why_unavailable() reports it
         return launcher in self.functions
 
     def calls(self):
@@ -232,8 +248,8 @@ def register(name: str, launchers, devices=("cuda",), *, replace: bool = False, 
     ``launchers``: an object (module, class instance, namespace) with some of the launcher functions of
     ``cnnfast.launchers`` (which documents each one: arguments, layouts, dtypes, what it may assume, what
     it returns) and its optional attributes, or the import path "package.module[:attribute]" of one,
-    imported when first used. An op needs its forward; a missing gradient runs on stock PyTorch (one
-    warning per backend and function).
+    imported when first used (and checked then). An op needs its forward; a missing gradient runs on
+    stock PyTorch (one warning per backend and function).
     ``devices``: the device types it runs on (None: any).
     ``replace``: allow replacing a backend registered under ``name`` (never a built-in one).
     ``available(device)``: None where it can run on ``device`` now, else a sentence saying why not
@@ -253,6 +269,9 @@ def register(name: str, launchers, devices=("cuda",), *, replace: bool = False, 
                          "(pass replace=True to replace it)")
     devices = _check_devices(name, devices)
     slow_on = _check_devices(name, slow_on) if slow_on else ()
+    if isinstance(launchers, str) and not _PATH_RULE.match(launchers):
+        raise ValueError(f"cnnfast.backends.register({name!r}): {launchers!r} is not an import path "
+                         "'package.module' or 'package.module:attribute'")
     if launchers is None:
         raise TypeError(f"cnnfast.backends.register({name!r}): launchers is None; pass an object with the "
                         "launcher functions of cnnfast.launchers")
@@ -562,6 +581,8 @@ def resolve(backend, op: str, tensor: torch.Tensor) -> str:
     if why is not None:
         raise RuntimeError(f"{op}: {why}")
     if not entry.has(forward):
+        if entry.problem is not None:
+            raise RuntimeError(f"{op}: {entry.problem}")
         raise _missing(name, forward)
     return name
 

@@ -261,6 +261,7 @@ def test_a_backend_can_be_replaced_and_removed(registered):
     ("meta-only", Recorder(), dict(devices=("meta",)), ValueError, "unknown device type 'meta'"),
     ("indexed", Recorder(), dict(devices=("cuda:0",)), ValueError, "unknown device type 'cuda:0'"),
     ("no-devices", Recorder(), dict(devices=()), ValueError, "devices is empty"),
+    ("bad-path", "not a path", {}, ValueError, "'not a path' is not an import path"),
     ("own-state", types.SimpleNamespace(conv_relu_maxpool2d_forward=lambda *a, **k: None, FUSED_STATE="mine"), {},
      TypeError, "needs conv_relu_maxpool2d_backward too"),
 ])
@@ -417,3 +418,18 @@ def test_bench_and_micro_benchmarks_skip_the_ops_a_backend_lacks(registered):
     assert ops.build(case, torch.device("cpu")).make("cnnfast:forward-only") is not None
     ran = {(c.op, p) for c, p in micro.params("cpu")}
     assert ("conv2d", "cnnfast:forward-only") in ran and ("max_pool2d", "cnnfast:forward-only") not in ran
+
+
+def test_a_backend_registered_by_import_path_loads_on_first_use(registered):
+    registered("by-path", "cnnfast._stock", ("cpu",))
+    assert backends._REGISTRY["by-path"].functions is None          # not imported yet
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3)
+    torch.testing.assert_close(cf.conv2d(x, w, backend="by-path"), F.conv2d(x, w))
+    registered("missing", "cnnfast_no_such_module:launchers", ("cpu",))
+    with pytest.raises(RuntimeError, match="conv2d: backend 'missing': its launchers 'cnnfast_no_such_module:"
+                                           "launchers' do not import .ModuleNotFoundError"):
+        cf.conv2d(x, w, backend="missing")
+    # It breaks nothing else: "auto" leaves it out, available() does not list it.
+    assert "missing" not in backends.available("cpu")
+    assert backends.resolve("auto", "conv2d", x) != "missing"
+    torch.testing.assert_close(cf.conv2d(x, w, backend="auto"), F.conv2d(x, w), atol=1e-5, rtol=1e-4)
