@@ -52,3 +52,136 @@ def test_kernel_spec_compiles_without_spills(aot_report, name, arch):
     assert row["stack"] == 0 and row["local"] == 0, f"{name} on sm_{arch} uses local memory: {row}"
     assert row["spill_stores"] == 0 and row["spill_loads"] == 0, f"{name} on sm_{arch} spills: {row}"
     assert not row["problems"], f"{name} on sm_{arch}: {'; '.join(row['problems'])}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The call view: kernels compiled as the JIT compiles them for a real call
+
+# A synthetic main loop in cuobjdump's format: two 64x128 wgmmas (four 64-column units), 16-byte
+# cp.async copies, one 2-byte load, a barrier, a branch back to the loop's first instruction.
+_SASS = """
+        code for sm_90a
+                Function : kern
+        .headerflags    @"EF_CUDA_SM90"
+        /*0000*/                   MOV R1, c[0x0][0x28] ;              /* 0x0 */
+        /*0010*/                   LDG.E.U16 R2, desc[UR4][R4.64] ;    /* 0x0 */
+        /*0020*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR6][R8.64] ;  /* 0x0 */
+        /*0030*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3+0x80], desc[UR6][R10.64] ;  /* 0x0 */
+        /*0040*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24 ;  /* 0x0 */
+        /*0050*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR12], R24, gsb0 ;  /* 0x0 */
+        /*0060*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;        /* 0x0 */
+        /*0070*/                   NOP ;                                /* 0x0 */
+        /*0080*/              @P0  BRA 0x20 ;                           /* 0x0 */
+        /*0090*/                   FFMA R5, R6, R7, R5 ;                /* 0x0 */
+        /*00a0*/                   EXIT ;                               /* 0x0 */
+        /*00b0*/                   BRA 0xb0 ;                           /* 0x0 */
+"""
+
+
+def test_sass_profile_counts_the_main_loops_instructions():
+    from cnnfast.kernels import sass
+
+    prof = sass.profile(_SASS, "kern")
+    loop = prof["main_loop"]
+    assert prof["kernel_instructions"] == 12 and prof["loops"] == 1  # the closing self-branch is no loop
+    assert (loop["first"], loop["last"]) == (0x20, 0x80)
+    assert loop["instructions"] == 6  # NOP left out
+    assert loop["hgmma_units"] == 4 and loop["hmma"] == 0 and loop["per_tc"] == 1.5
+    assert loop["ldgsts"] == 2 and loop["loads"] == {"LDGSTS.16": 2}
+    assert loop["barriers"] == 1 and loop["fma"] == 0
+    assert sass.profile(_SASS.replace("BRA 0x20", "BRA 0xa0"))["main_loop"] is None  # a forward branch
+
+
+def test_resident_warps_are_limited_by_registers_shared_memory_and_slots():
+    from cnnfast.kernels import sass
+
+    assert sass.resident_warps(regs=64, shared=0, num_warps=4, arch=90) == 32  # 64 regs: 32 warps of 2048 regs
+    assert sass.resident_warps(regs=128, shared=0, num_warps=4, arch=90) == 16
+    assert sass.resident_warps(regs=32, shared=0, num_warps=4, arch=90) == 64  # the SM's 64 warp slots
+    assert sass.resident_warps(regs=32, shared=100_000, num_warps=4, arch=90) == 8  # two blocks' shared memory
+    assert sass.resident_warps(regs=255, shared=0, num_warps=8, arch=80) == 8  # one block: 8 x 8192 registers
+    assert sass.resident_warps(regs=255, shared=0, num_warps=16, arch=80) == 0  # does not fit at all
+
+
+# ResNet-18 layer1's 3x3 conv (64 -> 64 on 56x56) at batch 32, bfloat16 channels_last, training: the case
+# whose forward the unspecialised spec view compiles to 2-byte loads and the JIT to 16-byte cp.async.
+_RESNET_LAYER1 = "resnet18/layer1.0.conv1 ×4/"
+_CALL_ARGS = ["--arch", "90", "--dtype", "bfloat16", "--layout", "channels_last", "--direction", "fwd+bwd",
+              "--heuristic"]
+
+
+@pytest.fixture(scope="module")
+def call_report(tmp_path_factory):
+    """Rows of the call view for the Net's blocks (batch 64) and ResNet-18's layer1 3x3 conv (batch 32),
+    sm_90, each launcher's own config, from one child process."""
+    tmp = tmp_path_factory.mktemp("aot-calls")
+    rows = []
+    for name, extra in (("net", ["--suite", "net", "--batch", "64"]),
+                        ("resnet", ["--suite", "resnet18", "--batch", "32", "--case", _RESNET_LAYER1])):
+        path = tmp / f"{name}.json"
+        proc = aot.run_subprocess([*_CALL_ARGS, *extra, "--json", path, "--dump-dir", tmp / name], timeout=TIMEOUT_S)
+        if not path.exists():
+            pytest.fail(f"the call view crashed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        rows += json.loads(path.read_text())["results"]
+    return rows, tmp
+
+
+def test_call_view_compiles_every_launch_of_the_nets_blocks_without_spills(call_report):
+    rows, _ = call_report
+    net = [r for r in rows if r["case"].startswith("net/")]
+    launchers = {r["launcher"] for r in net}
+    assert launchers >= {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
+                         "max_pool2d_forward", "max_pool2d_backward", "conv_relu_maxpool2d_forward",
+                         "conv_relu_maxpool2d_backward"}, launchers
+    for r in net:
+        assert r["error"] is None, f"{r['case']} {r['launcher']}: {r['error']}"
+        assert not r["problems"], f"{r['case']} {r['launcher']} {r['kernel']}: {r['problems']}"
+        assert r["resident_warps"] >= r["num_warps"], r
+        assert r["main_loop"] is None or r["main_loop"]["instructions"] > 0
+
+
+def test_call_view_compiles_with_the_jits_specialisation(call_report):
+    """The JIT gives the channels_last forward's 16-byte-aligned pointers and strides divisible by 16
+    their hints: the main loop copies operands with 16-byte cp.async and runs wgmma (the unspecialised
+    spec view compiles the same kernel to 2-byte loads)."""
+    rows, tmp = call_report
+    forward = [r for r in rows if r["case"].startswith(_RESNET_LAYER1) and r["launcher"] == "conv2d_forward"]
+    assert len(forward) == 1, forward
+    loop = forward[0]["main_loop"]
+    assert loop is not None and loop["hgmma_units"] > 0, loop
+    assert loop.get("loads", {}).get("LDGSTS.16", 0) > 0, loop
+    assert forward[0]["constexprs"].get("BLOCK_M"), forward[0]
+    cubins = list((tmp / "resnet").glob("*.cubin"))
+    assert any(p.name.startswith(forward[0]["kernel"] + "__heuristic__") for p in cubins), cubins
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case_id", [
+    "net/block2/conv_relu_maxpool2d/n64/float32/nchw/fwd+bwd",
+    "net/block1/max_pool2d/n64/bfloat16/channels_last/fwd+bwd",
+    "resnet18/layer1.0.conv1 ×4/conv2d/n32/bfloat16/channels_last/fwd+bwd",
+    "resnet18/layer2.0.conv1/conv2d/n32/float32/nchw/fwd+bwd",
+])
+def test_call_view_is_the_code_the_jit_compiled(case_id):
+    """On a GPU: each kernel a real launch compiles has the same SASS as the call view's for the same call."""
+    import torch
+    from cnnfast import kernels
+    from cnnfast.kernels import jitview
+
+    case = next((c for c in aot.select_cases(["net", "resnet18"], None, None, None, None, [case_id])
+                 if c.id == case_id), None)
+    assert case is not None, f"no case {case_id}"
+    arch = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
+    for launcher, args, kwargs in jitview.launcher_calls(case):
+        with jitview.compile_only(arch) as static:
+            getattr(kernels, launcher)(*args, **kwargs)
+        on_gpu = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="cuda").normal_()
+                  if isinstance(a, torch.Tensor) and a.is_floating_point()
+                  else torch.zeros_like(a, device="cuda") if isinstance(a, torch.Tensor) else a for a in args]
+        with jitview.record_launches() as real:
+            getattr(kernels, launcher)(*on_gpu, **kwargs)
+        torch.cuda.synchronize()
+        assert [k.name for k in real] == [k.name for k in static], launcher
+        for r, s in zip(real, static):
+            assert aot.cubin_sass(r.kernel.asm["cubin"], arch) == aot.cubin_sass(s.kernel.asm["cubin"], arch), \
+                f"{case_id} {launcher} {r.name}: the JIT compiled other code than the call view shows"
