@@ -15,13 +15,17 @@ def tune_configs(launcher: str, args, kwargs):
     """The configs the tuner may time for this call (``cnnfast.launchers``): indices into the kernels'
     config lists that can serve it, or [None] for a launcher without configs. Configs are pruned by
     shape with the rules the kernels' own heuristics follow: the direct and FMA paths unroll the
-    reduction, so they are candidates only where it is short."""
+    reduction, so they are candidates only where it is short; the taps forward reads contiguous
+    channel blocks on tensor cores, so only where ``taps_candidates`` says."""
     from . import conv_relu_maxpool2d as fused, max_pool2d as pool
     from .conv2d import configs as conv
     if launcher == "conv2d_forward":
         x, weight, groups = args[0], args[1], args[6]
         red, kg = weight.shape[1] * weight.shape[2] * weight.shape[3], weight.shape[0] // groups
-        return [i for i, c in enumerate(conv.FORWARD_CONFIGS) if c["kind"] != "direct" or (red <= 64 and kg <= 32)]
+        short = red <= 64 and kg <= 32
+        taps = conv.taps_candidates(x, weight.shape[1], kwargs.get("allow_tf32", False))
+        return [i for i, c in enumerate(conv.FORWARD_CONFIGS)
+                if (c["kind"] != "direct" or short) and (c["kind"] != "taps" or i in taps)]
     lists = {"conv2d_input_grad": conv.INPUT_GRAD_CONFIGS, "conv2d_weight_grad": conv.WEIGHT_GRAD_CONFIGS,
              "conv2d_bias_grad": conv.BIAS_GRAD_CONFIGS, "max_pool2d_forward": pool.FORWARD_CONFIGS,
              "max_pool2d_backward": pool.BACKWARD_CONFIGS}

@@ -312,8 +312,9 @@ def select_cases(suites, dtypes=None, layouts=None, directions=None, batches=Non
     """The benchmark cases of ``suites`` with Triton launchers (not whole models), filtered (None: all)."""
     from cnnfast.bench import suites as bench_suites
     chosen = bench_suites.cases(suites=suites, dtypes=dtypes or bench_suites.DTYPES,
-                                layouts=layouts or bench_suites.LAYOUTS, directions=directions or bench_suites.DIRECTIONS,
-                                batches=batches, ops=bench_suites.OPS)
+                                layouts=layouts or bench_suites.LAYOUTS,
+                                directions=directions or bench_suites.DIRECTIONS, batches=batches,
+                                ops=bench_suites.OPS)
     return [c for c in chosen if not substrings or any(k in c.id for k in substrings)]
 
 

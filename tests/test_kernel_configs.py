@@ -46,6 +46,21 @@ def test_every_conv2d_forward_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv2d_forward"))
+def test_every_conv2d_forward_config_in_channels_last_with_wide_channel_blocks(config, dtype):
+    """The layout and channel counts the taps kernel serves (channel stride 1, C/groups and K/groups
+    above its blocks but not multiples of them), with stride, dilation and asymmetric padding."""
+    from cnnfast.kernels import conv2d_forward
+    cl = torch.channels_last
+    x = rand(2, 160, 9, 8, dtype=dtype).to(memory_format=cl)
+    w, b = rand(72, 80, 3, 3, dtype=dtype).to(memory_format=cl), rand(72, dtype=dtype)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    out = conv2d_forward(x, w, b, (2, 1), (1, 2), (1, 2), 2, tuple(ref.shape[2:]), channels_last=True, config=config)
+    assert out.is_contiguous(memory_format=cl)
+    assert_matches(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", _configs("conv2d_input_grad"))
 def test_every_conv2d_input_grad_config(config, dtype):
     from cnnfast.kernels import conv2d_input_grad

@@ -104,22 +104,27 @@ def test_resident_warps_are_limited_by_registers_shared_memory_and_slots():
 
 
 # ResNet-18 layer1's 3x3 conv (64 -> 64 on 56x56) at batch 32, bfloat16 channels_last, training: the case
-# whose forward the unspecialised spec view compiles to 2-byte loads and the JIT to 16-byte cp.async.
+# whose forward kernels compile to 2-byte loads with unspecialised integers and to 16-byte cp.async as the
+# JIT compiles them.
 _RESNET_LAYER1 = "resnet18/layer1.0.conv1 ×4/"
-_CALL_ARGS = ["--arch", "90", "--dtype", "bfloat16", "--layout", "channels_last", "--direction", "fwd+bwd",
-              "--heuristic"]
+_CALL_ARGS = ["--arch", "90", "--dtype", "bfloat16", "--layout", "channels_last", "--direction", "fwd+bwd"]
 
 
 @pytest.fixture(scope="module")
 def call_report(tmp_path_factory):
-    """Rows of the call view for the Net's blocks (batch 64) and ResNet-18's layer1 3x3 conv (batch 32),
-    sm_90, each launcher's own config, from one child process."""
+    """Rows of the call view, from child processes: the Net's blocks (batch 64) and ResNet-18's layer1
+    3x3 conv (batch 32), training, bfloat16 channels_last, sm_90, each launcher's own config; and that
+    conv's forward with every config, bfloat16 and TF32, sm_80 and sm_90."""
     tmp = tmp_path_factory.mktemp("aot-calls")
     rows = []
-    for name, extra in (("net", ["--suite", "net", "--batch", "64"]),
-                        ("resnet", ["--suite", "resnet18", "--batch", "32", "--case", _RESNET_LAYER1])):
+    resnet = ["--suite", "resnet18", "--batch", "32", "--case", _RESNET_LAYER1]
+    for name, argv in (("net", [*_CALL_ARGS, "--heuristic", "--suite", "net", "--batch", "64"]),
+                       ("resnet", [*_CALL_ARGS, "--heuristic", *resnet]),
+                       # every forward config the tuner may time there, the taps kernel's included
+                       ("resnet-configs", ["--arch", "80", "90", "--dtype", "bfloat16,tf32", "--layout",
+                                           "channels_last", "--direction", "fwd", *resnet])):
         path = tmp / f"{name}.json"
-        proc = aot.run_subprocess([*_CALL_ARGS, *extra, "--json", path, "--dump-dir", tmp / name], timeout=TIMEOUT_S)
+        proc = aot.run_subprocess([*argv, "--json", path, "--dump-dir", tmp / name], timeout=TIMEOUT_S)
         if not path.exists():
             pytest.fail(f"the call view crashed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         rows += json.loads(path.read_text())["results"]
@@ -140,12 +145,36 @@ def test_call_view_compiles_every_launch_of_the_nets_blocks_without_spills(call_
         assert r["main_loop"] is None or r["main_loop"]["instructions"] > 0
 
 
+def test_call_view_compiles_every_forward_config_of_a_resnet_layer_without_spills(call_report):
+    rows, _ = call_report
+    forward = [r for r in rows if r["case"].startswith(_RESNET_LAYER1) and r["config"] is not None]
+    assert {r["kernel"] for r in forward} >= {"_conv2d_forward_gemm_kernel", "_conv2d_forward_taps_kernel"}
+    for r in forward:
+        where = f"{r['case']} {r['kernel']} config {r['config']} sm_{r['arch']}"
+        assert r["error"] is None, f"{where}: {r['error']}"
+        assert not r["problems"], f"{where}: {r['problems']}"
+
+
+def test_taps_forward_meets_its_machine_code_targets_on_sm_90(call_report):
+    """The taps kernel's main loop on sm_90, at every config, in bfloat16 and TF32: wgmma fed by 16-byte
+    cp.async, at most 48 instructions per 64-column HGMMA, at least 8 warps resident per SM."""
+    rows, _ = call_report
+    taps = [r for r in rows if r.get("kernel") == "_conv2d_forward_taps_kernel" and r["arch"] == 90]
+    assert {r["dtype"] for r in taps} == {"bfloat16", "tf32"}, taps
+    for r in taps:
+        loop, where = r["main_loop"], f"{r['case']} config {r['config']}"
+        assert loop["hgmma_units"] > 0 and loop["per_tc"] <= 48, f"{where}: {loop}"
+        assert set(loop["loads"]) == {"LDGSTS.16"}, f"{where}: {loop['loads']}"
+        assert r["resident_warps"] >= 8, f"{where}: {r['resident_warps']} warps per SM"
+
+
 def test_call_view_compiles_with_the_jits_specialisation(call_report):
     """The JIT gives the channels_last forward's 16-byte-aligned pointers and strides divisible by 16
-    their hints: the main loop copies operands with 16-byte cp.async and runs wgmma (the unspecialised
-    spec view compiles the same kernel to 2-byte loads)."""
+    their hints: the main loop copies operands with 16-byte cp.async and runs wgmma (compiled with
+    unspecialised integers, the same kernels gather 2-byte elements, and the taps kernel spills)."""
     rows, tmp = call_report
-    forward = [r for r in rows if r["case"].startswith(_RESNET_LAYER1) and r["launcher"] == "conv2d_forward"]
+    forward = [r for r in rows if r["case"].startswith(_RESNET_LAYER1) and r["launcher"] == "conv2d_forward"
+               and r["config"] is None]
     assert len(forward) == 1, forward
     loop = forward[0]["main_loop"]
     assert loop is not None and loop["hgmma_units"] > 0, loop

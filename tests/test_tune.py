@@ -504,8 +504,33 @@ def test_every_triton_launcher_has_a_config_space(launcher):
         assert found == [None]       # its gradient kernels pick their own configs
     else:
         assert found and all(isinstance(i, int) for i in found)
-        if launcher in lists:        # the small-reduction direct / FMA paths are candidates here
-            assert len(found) == len(lists[launcher])
+        if launcher in lists:        # the small-reduction direct / FMA paths are candidates here; not the
+            # taps forward, which serves channels_last input with at least 32 channels per group
+            expected = [i for i, c in enumerate(lists[launcher]) if c.get("kind") != "taps"]
+            assert found == expected
+
+
+@pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
+def test_the_taps_forward_is_a_candidate_exactly_for_wide_channels_last_input_on_tensor_cores():
+    from cnnfast.kernels.conv2d import configs
+    taps = {i for i, c in enumerate(configs.FORWARD_CONFIGS) if c["kind"] == "taps"}
+    fp32_taps = {i for i in taps if configs.FORWARD_CONFIGS[i]["FP32"] is not None}
+    cl = torch.channels_last
+
+    def candidates(dtype, channels_last, channels, allow_tf32=False):
+        x = torch.randn(2, channels, 6, 6, dtype=dtype)
+        w = torch.randn(64, channels, 3, 3, dtype=dtype)
+        if channels_last:
+            x, w = x.to(memory_format=cl), w.to(memory_format=cl)
+        args = (x, w, None, (1, 1), (1, 1), (1, 1), 1, (6, 6))
+        return set(space._triton_configs("conv2d_forward", args, {"allow_tf32": allow_tf32})) & taps
+
+    assert candidates(torch.bfloat16, True, 64) == taps
+    assert candidates(torch.float16, True, 32) == taps
+    assert candidates(torch.float32, True, 64, allow_tf32=True) == fp32_taps
+    assert candidates(torch.float32, True, 64) == set()      # exact float32: FMAs, not tensor cores
+    assert candidates(torch.bfloat16, False, 64) == set()    # NCHW: channel blocks are strided
+    assert candidates(torch.bfloat16, True, 16) == set()     # too few channels for a channel block
 
 
 def test_the_tune_tables_total_counts_a_calls_last_whole_call_row_instead_of_its_directions():

@@ -9,6 +9,8 @@ and a mask each), so tiles stay at BLOCK_K = 16 (forward, input_grad) and <= 409
 (larger ones spill at 4 warps); and no config uses more than 4 warps: Inductor's Triton conv template
 miscompiled at num_warps >= 8 (pytorch issue 173068).
 """
+import torch
+
 from .._common import TRITON_VERSION, next_pow2
 from .gemm import GemmSize
 
@@ -32,6 +34,18 @@ FORWARD_CONFIGS = [
     dict(kind="gemm", BLOCK_M=128, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=3),
     # gemm, K/groups > 32
     dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+    # taps (filter taps outer, channel blocks inner: no per-element decode, so larger tiles fit),
+    # channels_last x with C/groups >= 32 and K/groups > 32: ResNet's and DenseNet's 3x3 and 1x1 layers.
+    # FP32: the config for float32 operands (in TF32), twice the bytes, so half the BLOCK_K (64 spilled
+    # on sm_80); None: no float32 candidate (the 128-column tile spilled in TF32 on sm_90; forced, it
+    # runs at half its BLOCK_K). Exact float32 (no TF32) runs the dot as FMAs, whose operands do not fit
+    # beside these accumulators: never a candidate. Triton 3.6 spills the bfloat16 tile in three stages
+    # on sm_80 (16 B), and the TF32 one in two (16 B, 1x1 stride 2); each as given does not.
+    dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3 if TRITON_VERSION >= (3, 8) else 2,
+         FP32=dict(BLOCK_K=32, num_stages=3)),
+    # taps, same layers with K/groups >= 128, 2-byte types: a 128-column tile halves the A tile loads
+    # per output
+    dict(kind="taps", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, FP32=None),
 ]
 
 # Input gradient: implicit GEMM, M = N·H·W, N = C/groups, reduction over K/groups·R·S.
@@ -67,13 +81,36 @@ BIAS_GRAD_CONFIGS = [
 REDUCE_CONFIG = dict(BLOCK=256, num_warps=4)
 
 
-def choose_forward(size: GemmSize) -> int:
+def taps_variant(cfg: dict, dtype) -> dict:
+    """The tile sizes and stages a taps config runs with for operands of ``dtype``."""
+    if dtype != torch.float32:
+        return cfg
+    return dict(cfg, **(cfg["FP32"] or dict(BLOCK_K=cfg["BLOCK_K"] // 2)))
+
+
+def taps_candidates(x, cg: int, allow_tf32: bool) -> list:
+    """Indices of the taps configs that suit a forward: channels_last x (channel stride 1, so channel
+    blocks are contiguous) with at least 32 channels per group, on tensor cores (2-byte types, or
+    float32 with TF32), and for float32 only the configs that have an FP32 variant."""
+    fp32 = x.dtype == torch.float32
+    if x.stride(1) != 1 or cg < 32 or (fp32 and not allow_tf32):
+        return []
+    return [i for i, c in enumerate(FORWARD_CONFIGS)
+            if c["kind"] == "taps" and (not fp32 or c["FP32"] is not None)]
+
+
+def choose_forward(size: GemmSize, taps=()) -> int:
     """Direct FMA path for small C/groups·R·S and K/groups, GEMM otherwise; the larger BLOCK_M
-    once there are enough pixels for four waves of programs at it."""
+    once there are enough pixels for four waves of programs at it; where ``taps`` (the
+    ``taps_candidates``) and more than 32 output channels per group, the widest taps tile up to
+    K/groups."""
     if size.red <= 64 and size.N <= 32:
         return 1 if size.M >= 256 * SPLIT_TARGET_PROGRAMS else 0
     if size.N <= 32:
         return 3 if size.M >= 128 * SPLIT_TARGET_PROGRAMS else 2
+    fitting = [i for i in taps if FORWARD_CONFIGS[i]["BLOCK_N"] <= size.N]
+    if fitting:
+        return max(fitting, key=lambda i: FORWARD_CONFIGS[i]["BLOCK_N"])
     return 4
 
 

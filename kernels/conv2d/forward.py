@@ -5,7 +5,7 @@ import triton.language as tl
 from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channels_inner, choose_config, dot_args,
                        in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile, program_ids, reduction_tile,
                        window_start)
-from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n
+from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n, taps_candidates, taps_variant
 from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
 
 
@@ -116,6 +116,63 @@ def _conv2d_forward_gemm_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _conv2d_forward_taps_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, H, W, OH, OW, Cg, Kg, R, S,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_xn, s_xc, s_xh, s_xw, s_wk, s_wc, s_wr, s_ws, s_b, s_yn, s_yk, s_yh, s_yw,
+    HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Implicit GEMM (gemm.py, forward) in the structure of CUTLASS's and Inductor's conv kernels:
+    # M = N·OH·OW output pixels, N = K/groups output channels of group g (grid axis 2), reduction
+    # over (r, s, c) with the filter taps (r, s) outer and blocks of BLOCK_K contiguous channels
+    # inner, flattened into one loop of R·S·ceil(C/groups / BLOCK_K) steps. Program (pid_m, pid_n, g)
+    # owns a BLOCK_M x BLOCK_N tile of y with its fp32 accumulator in registers. Per step the only
+    # index arithmetic is scalar (which tap, which channel block); the row offsets and the image mask
+    # of the tap are one value per pixel row, and the channel offsets one arange: no division or
+    # modulo per element. With channels_last x (channel stride 1) each pixel row of the A tile is
+    # BLOCK_K contiguous elements, and the weight tile's rows are contiguous in c for a channels_last
+    # weight, so both operands load in 16-byte vectors; Triton pipelines the loop (num_stages) and
+    # feeds tl.dot (wgmma on sm_90; fp32 in TF32 or exact "ieee"). Any strides are read correctly:
+    # in NCHW the channel block is strided and the loads are scalar (the gemm kernel serves NCHW).
+    # Bias is added in fp32; y is written once in its dtype.
+    pid_m, pid_n, g = program_ids(INT64)
+
+    n, oh, ow, mask_m = pixel_tile(pid_m * BLOCK_M, M, OH, OW, BLOCK_M)
+    ih0, iw0 = window_start(oh, ow, stride_h, stride_w, pad_h, pad_w)
+    x_base = x_ptr + n * s_xn + (g * Cg) * s_xc
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Kg
+    k = g * Kg + offs_n
+    w_base = w_ptr + k * s_wk
+    offs_c = tl.arange(0, BLOCK_K)
+
+    c_blocks = tl.cdiv(Cg, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, R * S * c_blocks):
+        rs = step // c_blocks
+        c = (step - rs * c_blocks) * BLOCK_K + offs_c
+        mask_c = c < Cg
+        r = rs // S
+        s = rs - r * S
+        ih = ih0 + r * dil_h
+        iw = iw0 + s * dil_w
+        mask_a = in_image(mask_m, ih, iw, H, W)
+        a = tl.load(x_base[:, None] + (ih * s_xh + iw * s_xw)[:, None] + (c * s_xc)[None, :],
+                    mask=mask_a[:, None] & mask_c[None, :], other=0.0)
+        b = tl.load(w_base[None, :] + (r * s_wr + s * s_ws) + (c * s_wc)[:, None],
+                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, DOT_PRECISION, DOT_FP32)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k * s_b, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + (n * s_yn + oh * s_yh + ow * s_yw)[:, None] + (k * s_yk)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size, *,
                    channels_last=False, allow_tf32=False, config=None):
     """conv2d forward.
@@ -136,7 +193,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
         return y
     size = implicit_gemm_problem_size(FORWARD, ConvProblem(n_, c_, h, w, k_, r, s, oh, ow, groups))
     m, kg = size.M, size.N
-    cfg = choose_config(FORWARD_CONFIGS, config, lambda: choose_forward(size))
+    cfg = choose_config(FORWARD_CONFIGS, config, lambda: choose_forward(size, taps_candidates(x, cg, allow_tf32)))
     has_bias = bias is not None
     b = bias if has_bias else weight
     s_b = bias.stride(0) if has_bias else 0
@@ -152,6 +209,14 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
             Cg=cg, HAS_BIAS=has_bias, INT64=int64,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    elif cfg["kind"] == "taps":
+        grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
+        tile = taps_variant(cfg, x.dtype)
+        _conv2d_forward_taps_kernel[grid](
+            *common, m, h, w, oh, ow, cg, kg, r, s, *geometry,
+            HAS_BIAS=has_bias, **dot_args(x.dtype, allow_tf32), INT64=int64,
+            BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
+            num_warps=tile["num_warps"], num_stages=tile["num_stages"])
     else:
         grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
         _conv2d_forward_gemm_kernel[grid](
@@ -165,7 +230,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
 
 def aot_specs():
     """Every forward config x dtype: direct for the Net's conv1 (3 -> 6) and conv2 (6 -> 16), 3x3;
-    GEMM in both layouts (NCHW, channels_last) and, for float32, both precisions."""
+    GEMM in both layouts (NCHW, channels_last) and, for float32, both precisions. Not the taps
+    kernel: its speed rests on the JIT's specialisation (channel stride 1, strides divisible by 16),
+    without which it is a different kernel (it spills); it is compiled and checked in the call view
+    (``python -m cnnfast.kernels.aot --suite ...``) for the layers it serves."""
     specs = []
     for dt in TL_DTYPE.values():
         pointers = dict(x_ptr=f"*{dt}", w_ptr=f"*{dt}", b_ptr=f"*{dt}", y_ptr=f"*{dt}")
