@@ -23,10 +23,15 @@ def tune_configs(launcher: str, args, kwargs):
         x, weight, groups = args[0], args[1], args[6]
         red, kg = weight.shape[1] * weight.shape[2] * weight.shape[3], weight.shape[0] // groups
         short = red <= 64 and kg <= 32
-        taps = conv.taps_candidates(x, weight.shape[1], kwargs.get("allow_tf32", False))
+        taps = conv.taps_candidates(conv.FORWARD_CONFIGS, x, weight.shape[1], kwargs.get("allow_tf32", False))
         return [i for i, c in enumerate(conv.FORWARD_CONFIGS)
                 if (c["kind"] != "direct" or short) and (c["kind"] != "taps" or i in taps)]
-    lists = {"conv2d_input_grad": conv.INPUT_GRAD_CONFIGS, "conv2d_weight_grad": conv.WEIGHT_GRAD_CONFIGS,
+    if launcher == "conv2d_input_grad":
+        grad_out, weight, stride, groups = args[0], args[1], args[3], args[6]
+        taps = conv.input_grad_taps(conv.INPUT_GRAD_CONFIGS, grad_out, weight.shape[0] // groups, stride,
+                                    kwargs.get("allow_tf32", False))
+        return [i for i, c in enumerate(conv.INPUT_GRAD_CONFIGS) if c["kind"] != "taps" or i in taps]
+    lists = {"conv2d_weight_grad": conv.WEIGHT_GRAD_CONFIGS,
              "conv2d_bias_grad": conv.BIAS_GRAD_CONFIGS, "max_pool2d_forward": pool.FORWARD_CONFIGS,
              "max_pool2d_backward": pool.BACKWARD_CONFIGS}
     if launcher in lists:

@@ -69,6 +69,23 @@ def test_every_conv2d_input_grad_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv2d_input_grad"))
+def test_every_conv2d_input_grad_config_in_channels_last_with_wide_channel_blocks(config, dtype):
+    """The layout and channel counts the taps input gradient serves (see the forward's test), stride 1."""
+    from cnnfast.kernels import conv2d_input_grad
+    cl = torch.channels_last
+    x64 = rand(2, 160, 9, 8).double().requires_grad_()
+    w = rand(72, 80, 3, 3, dtype=dtype).to(memory_format=cl)
+    y64 = F.conv2d(x64, w.double(), padding=(1, 2), dilation=(1, 2), groups=2)
+    g = torch.randn_like(y64)
+    (ref,) = torch.autograd.grad(y64, x64, g)
+    got = conv2d_input_grad(g.to(dtype).contiguous(memory_format=cl), w, (9, 8), (1, 1), (1, 2), (1, 2), 2,
+                            channels_last=True, config=config)
+    assert got.is_contiguous(memory_format=cl)
+    assert_matches(got, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", _configs("conv2d_weight_grad"))
 def test_every_conv2d_weight_grad_config(config, dtype):
     from cnnfast.kernels import conv2d_weight_grad

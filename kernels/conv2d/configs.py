@@ -52,11 +52,17 @@ FORWARD_CONFIGS = [
 INPUT_GRAD_CONFIGS = [
     # C/groups <= 16 (the Net's conv2 input, 6 channels; depthwise). Triton 3.6 spills it in one stage
     # on sm_90 in float32 with TF32 (8 B of stack); in two it does not.
-    dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1 if TRITON_VERSION >= (3, 8) else 2),
+    dict(kind="gemm", BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, num_warps=4,
+         num_stages=1 if TRITON_VERSION >= (3, 8) else 2),
     # C/groups <= 32
-    dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(kind="gemm", BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=3),
     # C/groups > 32
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+    dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+    # taps (as the forward's: filter taps outer, contiguous blocks of dy's channels inner),
+    # channels_last dy with K/groups >= 32 and C/groups > 32, stride 1 (input_grad_taps); FP32 as in FORWARD_CONFIGS
+    dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3 if TRITON_VERSION >= (3, 8) else 2,
+         FP32=dict(BLOCK_K=32, num_stages=3)),
+    dict(kind="taps", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, FP32=None),
 ]
 
 # Weight gradient: split-K GEMM, M = K/groups, N = C/groups·R·S, reduction over N·OH·OW.
@@ -88,15 +94,32 @@ def taps_variant(cfg: dict, dtype) -> dict:
     return dict(cfg, **(cfg["FP32"] or dict(BLOCK_K=cfg["BLOCK_K"] // 2)))
 
 
-def taps_candidates(x, cg: int, allow_tf32: bool) -> list:
-    """Indices of the taps configs that suit a forward: channels_last x (channel stride 1, so channel
-    blocks are contiguous) with at least 32 channels per group, on tensor cores (2-byte types, or
-    float32 with TF32), and for float32 only the configs that have an FP32 variant."""
-    fp32 = x.dtype == torch.float32
-    if x.stride(1) != 1 or cg < 32 or (fp32 and not allow_tf32):
+def taps_candidates(configs, t, channels: int, allow_tf32: bool) -> list:
+    """Indices of the taps configs in ``configs`` that suit a call whose reduction runs over the
+    channels of ``t`` (x for the forward, dy for the input gradient) in blocks: ``t`` channels_last
+    (channel stride 1, so a block is contiguous) with at least 32 such channels per group, on tensor
+    cores (2-byte types, or float32 with TF32), and for float32 only the configs with an FP32 variant."""
+    fp32 = t.dtype == torch.float32
+    if t.stride(1) != 1 or channels < 32 or (fp32 and not allow_tf32):
         return []
-    return [i for i, c in enumerate(FORWARD_CONFIGS)
-            if c["kind"] == "taps" and (not fp32 or c["FP32"] is not None)]
+    return [i for i, c in enumerate(configs)
+            if c.get("kind") == "taps" and (not fp32 or c["FP32"] is not None)]
+
+
+def input_grad_taps(configs, grad_out, kg: int, stride, allow_tf32: bool) -> list:
+    """The taps configs that suit an input gradient (``taps_candidates`` over dy's channels), for
+    stride 1 only: at stride s it would multiply the zeros between dy's rows and columns as the gemm
+    kernel does (s² times the work), and its registers spilled there on sm_80. ``grad_out`` None (dy
+    rebuilt from the fused op's pooled gradient, element by element): none."""
+    if grad_out is None or tuple(stride) != (1, 1):
+        return []
+    return taps_candidates(configs, grad_out, kg, allow_tf32)
+
+
+def widest_taps(configs, taps, columns: int):
+    """Of the ``taps`` configs, the one with the widest tile that ``columns`` fills (None if none)."""
+    fitting = [i for i in taps if configs[i]["BLOCK_N"] <= columns]
+    return max(fitting, key=lambda i: configs[i]["BLOCK_N"]) if fitting else None
 
 
 def choose_forward(size: GemmSize, taps=()) -> int:
@@ -108,10 +131,8 @@ def choose_forward(size: GemmSize, taps=()) -> int:
         return 1 if size.M >= 256 * SPLIT_TARGET_PROGRAMS else 0
     if size.N <= 32:
         return 3 if size.M >= 128 * SPLIT_TARGET_PROGRAMS else 2
-    fitting = [i for i in taps if FORWARD_CONFIGS[i]["BLOCK_N"] <= size.N]
-    if fitting:
-        return max(fitting, key=lambda i: FORWARD_CONFIGS[i]["BLOCK_N"])
-    return 4
+    wide = widest_taps(FORWARD_CONFIGS, taps, size.N)
+    return 4 if wide is None else wide
 
 
 def direct_block_n(kg: int) -> int:
@@ -119,9 +140,13 @@ def direct_block_n(kg: int) -> int:
     return min(32, next_pow2(kg))
 
 
-def choose_input_grad(size: GemmSize) -> int:
-    """By C/groups, the GEMM's N."""
-    return 0 if size.N <= 16 else 1 if size.N <= 32 else 2
+def choose_input_grad(size: GemmSize, taps=()) -> int:
+    """By C/groups, the GEMM's N; where ``taps`` (the ``taps_candidates``) and C/groups > 32, the
+    widest taps tile up to C/groups."""
+    if size.N <= 32:
+        return 0 if size.N <= 16 else 1
+    wide = widest_taps(INPUT_GRAD_CONFIGS, taps, size.N)
+    return 2 if wide is None else wide
 
 
 def choose_weight_grad(size: GemmSize) -> int:

@@ -1,10 +1,11 @@
 """conv2d's gradient with respect to its input: an implicit GEMM that gathers dy (no atomics)."""
+import torch
 import triton
 import triton.language as tl
 
 from .._common import (cdiv, channels_inner, choose_config, dot_args, mma,
                        needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
-from .configs import INPUT_GRAD_CONFIGS, choose_input_grad
+from .configs import INPUT_GRAD_CONFIGS, choose_input_grad, input_grad_taps, taps_variant
 from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
 
@@ -59,6 +60,59 @@ def _conv2d_input_grad_kernel(
     tl.store(gi_ptrs, acc.to(gi_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _conv2d_input_grad_taps_kernel(
+    go_ptr, gp_ptr, pos_ptr, w_ptr, gi_ptr,
+    M, H, W, OH, OW, Cg, Kg, R, S, PH, PW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
+    s_wk, s_wc, s_wr, s_ws, s_in, s_ic, s_ih, s_iw,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # The input gradient's implicit GEMM (as in _conv2d_input_grad_kernel: M = N·H·W input pixels,
+    # N = C/groups input channels, reduction over K/groups·R·S) in the structure of the taps forward:
+    # the filter taps (r, s) outer and blocks of BLOCK_K contiguous output channels of dy inner, one
+    # flattened loop whose index arithmetic is scalar. Per step, each pixel row's source position
+    # oh = (h + pt - r*dh)/sh, ow = (w + pl - s*dw)/sw and its mask (both divisions exact, in range)
+    # are one value per row; with channels_last dy a row of the A tile is BLOCK_K contiguous elements,
+    # and with a channels_last weight the B tile's rows (w[k, c, r, s] over c) are contiguous too.
+    pid_m, pid_n, g = program_ids(INT64)
+
+    n, ih, iw, mask_m = pixel_tile(pid_m * BLOCK_M, M, H, W, BLOCK_M)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Cg
+    cin = g * Cg + offs_n
+    offs_k = tl.arange(0, BLOCK_K)
+
+    k_blocks = tl.cdiv(Kg, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, R * S * k_blocks):
+        rs = step // k_blocks
+        kl = (step - rs * k_blocks) * BLOCK_K + offs_k
+        mask_k = kl < Kg
+        k = g * Kg + kl
+        r = rs // S
+        s = rs - r * S
+        oh_num = ih + pad_h - r * dil_h
+        ow_num = iw + pad_w - s * dil_w
+        oh = oh_num // stride_h
+        ow = ow_num // stride_w
+        mask_a = (mask_m & (oh_num >= 0) & (ow_num >= 0) & (oh_num % stride_h == 0) & (ow_num % stride_w == 0)
+                  & (oh < OH) & (ow < OW))
+        a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
+                          pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[:, None], k[None, :], oh[:, None], ow[:, None],
+                          mask_a[:, None] & mask_k[None, :], POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
+        b = tl.load(w_ptr + (k * s_wk)[:, None] + (r * s_wr + s * s_ws) + (offs_n * s_wc)[None, :],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a.to(b.dtype), b, acc, DOT_PRECISION, DOT_FP32)
+
+    gi_ptrs = gi_ptr + (n * s_in + ih * s_ih + iw * s_iw)[:, None] + (cin * s_ic)[None, :]
+    tl.store(gi_ptrs, acc.to(gi_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
 def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, groups, *,
                       channels_last=False, allow_tf32=False, config=None, pool=None):
     """Gradient of conv2d with respect to its input.
@@ -82,21 +136,34 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
     if gi.numel() == 0:
         return gi
     size = implicit_gemm_problem_size(INPUT_GRAD, ConvProblem(n_, groups * cg, h, w, k_, r, s, oh, ow, groups))
-    cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(size))
+    taps = input_grad_taps(INPUT_GRAD_CONFIGS, grad_out, k_ // groups, stride, allow_tf32) if pool is None else []
+    cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(size, taps))
     grid = (cdiv(size.M, cfg["BLOCK_M"]), cdiv(cg, cfg["BLOCK_N"]), groups)
-    _conv2d_input_grad_kernel[grid](
-        *tensors, weight, gi,
-        size.M, h, w, oh, ow, cg, k_ // groups, r, s, *pooled_size,
-        *stride, *padding, *dilation, *go_strides, *weight.stride(), *gi.stride(),
-        K_INNER=channels_inner(tensors[1]), **pool_consts,
-        **dot_args(weight.dtype, allow_tf32),
-        INT64=needs_int64(*tensors, weight, gi),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    w_read = weight
+    if cfg["kind"] == "taps" and weight.dtype == torch.float32:
+        # TF32 wgmma reads its B operand only K-major (the GEMM's reduction index k contiguous; 16-bit
+        # types may be transposed in shared memory), so with c contiguous every B element would be a
+        # 4-byte copy: read a copy of the (small) weight with k innermost instead.
+        w_read = weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    args = (*tensors, w_read, gi, size.M, h, w, oh, ow, cg, k_ // groups, r, s, *pooled_size,
+            *stride, *padding, *dilation, *go_strides, *w_read.stride(), *gi.stride())
+    common = dict(**pool_consts, **dot_args(weight.dtype, allow_tf32), INT64=needs_int64(*tensors, w_read, gi))
+    if cfg["kind"] == "taps":
+        tile = taps_variant(cfg, weight.dtype)
+        _conv2d_input_grad_taps_kernel[grid](
+            *args, **common, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
+            num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+    else:
+        _conv2d_input_grad_kernel[grid](
+            *args, K_INNER=channels_inner(tensors[1]), **common,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return gi
 
 
 def aot_specs():
-    """Every config x dtype x dy source x precision (``aot_specs_per_source``), NCHW dy."""
-    return aot_specs_per_source("conv2d_input_grad", _conv2d_input_grad_kernel, INPUT_GRAD_CONFIGS,
+    """Every gemm config x dtype x dy source x precision (``aot_specs_per_source``), NCHW dy. The taps
+    kernel is judged in the call view only (see ``forward.aot_specs``)."""
+    gemm = [c for c in INPUT_GRAD_CONFIGS if c["kind"] == "gemm"]
+    return aot_specs_per_source("conv2d_input_grad", _conv2d_input_grad_kernel, gemm,
                                 dict(w_ptr="*{dt}", gi_ptr="*{dt}"), dict(K_INNER=False))
