@@ -31,8 +31,12 @@ def tune_configs(launcher: str, args, kwargs):
         taps = conv.input_grad_taps(conv.INPUT_GRAD_CONFIGS, grad_out, weight.shape[0] // groups, stride,
                                     kwargs.get("allow_tf32", False))
         return [i for i, c in enumerate(conv.INPUT_GRAD_CONFIGS) if c["kind"] != "taps" or i in taps]
-    lists = {"conv2d_weight_grad": conv.WEIGHT_GRAD_CONFIGS,
-             "conv2d_bias_grad": conv.BIAS_GRAD_CONFIGS, "max_pool2d_forward": pool.FORWARD_CONFIGS,
+    if launcher == "conv2d_weight_grad":
+        x, grad_out, groups = args[0], args[1], args[6]
+        taps = conv.weight_grad_taps(conv.WEIGHT_GRAD_CONFIGS, x, grad_out, x.shape[1] // groups,
+                                     grad_out.shape[1] // groups)
+        return [i for i, c in enumerate(conv.WEIGHT_GRAD_CONFIGS) if c["kind"] != "taps" or i in taps]
+    lists = {"conv2d_bias_grad": conv.BIAS_GRAD_CONFIGS, "max_pool2d_forward": pool.FORWARD_CONFIGS,
              "max_pool2d_backward": pool.BACKWARD_CONFIGS}
     if launcher in lists:
         return list(range(len(lists[launcher])))

@@ -94,6 +94,23 @@ def test_every_conv2d_weight_grad_config(config, dtype):
     assert_matches(out, ref, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", _configs("conv2d_weight_grad"))
+def test_every_conv2d_weight_grad_config_in_channels_last_with_wide_channel_blocks(config, dtype):
+    """The layout and channel counts the taps weight gradient serves, with stride, dilation and padding."""
+    from cnnfast.kernels import conv2d_weight_grad
+    cl = torch.channels_last
+    x = rand(2, 160, 9, 8, dtype=dtype).to(memory_format=cl)
+    w64 = rand(72, 80, 3, 3).double().requires_grad_()
+    y64 = F.conv2d(x.double(), w64, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    g = torch.randn_like(y64)
+    (ref,) = torch.autograd.grad(y64, w64, g)
+    got = conv2d_weight_grad(x, g.to(dtype).contiguous(memory_format=cl), tuple(w64.shape), (2, 1), (1, 2), (1, 2),
+                             2, channels_last=True, config=config)
+    assert got.is_contiguous(memory_format=cl)
+    assert_matches(got, ref, dtype)
+
+
 @pytest.mark.parametrize("config", _configs("conv2d_bias_grad"))
 def test_every_conv2d_bias_grad_config(config):
     from cnnfast.kernels import conv2d_bias_grad

@@ -533,6 +533,32 @@ def test_the_taps_forward_is_a_candidate_exactly_for_wide_channels_last_input_on
     assert candidates(torch.bfloat16, True, 16) == set()     # too few channels for a channel block
 
 
+@pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
+def test_the_taps_gradients_are_candidates_only_where_they_serve():
+    from cnnfast.kernels.conv2d import configs
+    cl = torch.channels_last
+
+    def taps(launcher, dtype, stride=(1, 1), channels_last=True):
+        dy = torch.randn(2, 64, 6, 6, dtype=dtype)
+        x = torch.randn(2, 64, 6 * stride[0], 6 * stride[1], dtype=dtype)
+        if channels_last:
+            dy, x = dy.to(memory_format=cl), x.to(memory_format=cl)
+        w = torch.randn(64, 64, 3, 3, dtype=dtype).to(memory_format=cl)
+        if launcher == "conv2d_input_grad":
+            args, table = (dy, w, tuple(x.shape[2:]), stride, (1, 1), (1, 1), 1), configs.INPUT_GRAD_CONFIGS
+        else:
+            args, table = (x, dy, tuple(w.shape), stride, (1, 1), (1, 1), 1), configs.WEIGHT_GRAD_CONFIGS
+        found = space._triton_configs(launcher, args, {"allow_tf32": True})
+        return {i for i in found if table[i]["kind"] == "taps"}
+
+    assert taps("conv2d_input_grad", torch.bfloat16)
+    assert not taps("conv2d_input_grad", torch.bfloat16, stride=(2, 2))   # would multiply the zeros between
+    assert taps("conv2d_input_grad", torch.float32)                       # TF32
+    assert taps("conv2d_weight_grad", torch.bfloat16)
+    assert not taps("conv2d_weight_grad", torch.float32)                  # TF32 wgmma wants pixels contiguous
+    assert not taps("conv2d_weight_grad", torch.bfloat16, channels_last=False)
+
+
 def test_the_tune_tables_total_counts_a_calls_last_whole_call_row_instead_of_its_directions():
     from cnnfast.tune.cli import _totals
     D = tune.Decision

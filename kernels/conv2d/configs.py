@@ -68,11 +68,16 @@ INPUT_GRAD_CONFIGS = [
 # Weight gradient: split-K GEMM, M = K/groups, N = C/groups·R·S, reduction over N·OH·OW.
 WEIGHT_GRAD_CONFIGS = [
     # K/groups <= 16, C/groups·R·S <= 32 (the Net's conv1: 6 x 27)
-    dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(kind="gemm", BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=3),
     # K/groups <= 16, wider C/groups·R·S (the Net's conv2: 16 x 54)
-    dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
+    dict(kind="gemm", BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
     # K/groups > 16
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3),
+    # taps (one filter tap per program, a contiguous block of x's channels as the columns: the image
+    # mask is one value per pixel), channels_last x and dy, 2-byte types, K/groups > 32, C/groups >= 32
+    dict(kind="taps", BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    # taps, K/groups >= 128
+    dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
 ]
 
 # Bias gradient: split reduction of dy over N·OH·OW, BLOCK_K channels per program.
@@ -149,10 +154,25 @@ def choose_input_grad(size: GemmSize, taps=()) -> int:
     return 2 if wide is None else wide
 
 
-def choose_weight_grad(size: GemmSize) -> int:
-    """By K/groups (M) and C/groups·R·S (N)."""
+def weight_grad_taps(configs, x, grad_out, cg: int, kg: int) -> list:
+    """The taps configs that suit a weight gradient: x and dy channels_last (channel stride 1), at least
+    32 input and more than 32 output channels per group, 2-byte types (both operands have the pixels,
+    the GEMM's reduction index, strided, and TF32 wgmma reads operands only with it contiguous).
+    ``grad_out`` None (dy rebuilt from the fused op's pooled gradient): none."""
+    if (grad_out is None or x.stride(1) != 1 or grad_out.stride(1) != 1 or cg < 32 or kg <= 32
+            or x.dtype == torch.float32):
+        return []
+    return [i for i, c in enumerate(configs) if c["kind"] == "taps"]
+
+
+def choose_weight_grad(size: GemmSize, taps=()) -> int:
+    """By K/groups (M) and C/groups·R·S (N); where ``taps`` (``weight_grad_taps``), the taps tile
+    with the most rows that K/groups fills."""
     if size.M <= 16:
         return 0 if size.N <= 32 else 1
+    fitting = [i for i in taps if WEIGHT_GRAD_CONFIGS[i]["BLOCK_M"] <= size.M]
+    if fitting:
+        return max(fitting, key=lambda i: WEIGHT_GRAD_CONFIGS[i]["BLOCK_M"])
     return 2
 
 

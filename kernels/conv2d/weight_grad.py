@@ -4,7 +4,7 @@ import triton.language as tl
 
 from .._common import (cdiv, channels_inner, choose_config, dot_args, in_image,
                        mma, needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
-from .configs import WEIGHT_GRAD_CONFIGS, choose_weight_grad
+from .configs import WEIGHT_GRAD_CONFIGS, choose_weight_grad, weight_grad_taps
 from .gemm import WEIGHT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
 from .splitk import split_k, split_range, splitk_reduce, workspace
@@ -65,6 +65,63 @@ def _conv2d_weight_grad_kernel(
     tl.store(ws_ptrs, acc, mask=mask_m[:, None] & mask_j[None, :])
 
 
+@triton.jit
+def _conv2d_weight_grad_taps_kernel(
+    x_ptr, go_ptr, gp_ptr, pos_ptr, ws_ptr,
+    P, H, W, OH, OW, K, Cg, Kg, R, S, PH, PW, CHUNKS_PER_SPLIT,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_xn, s_xc, s_xh, s_xw,
+    s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # The weight gradient's split-K GEMM (as in _conv2d_weight_grad_kernel: M = K/groups output
+    # channels, N = C/groups·R·S, reduction over P = N·OH·OW pixels split into ranges, partial tiles
+    # to the fp32 workspace ws[split, k, c·R·S + r·S + s] summed by splitk.py) with each program's
+    # columns one filter tap (r, s) and a block of BLOCK_N contiguous input channels: grid axis 0 runs
+    # over (k block, tap, c block). Per step the BLOCK_K pixels are decoded once, and the tap's input
+    # position and image mask are one value per pixel (no per-element mask); with channels_last x
+    # and dy both operands' rows are contiguous channel runs.
+    pid_t, split, g = program_ids(INT64)
+
+    c_blocks = tl.cdiv(Cg, BLOCK_N)
+    per_m = R * S * c_blocks
+    pid_m = pid_t // per_m
+    t = pid_t - pid_m * per_m
+    rs = t // c_blocks
+    r = rs // S
+    s = rs - r * S
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < Kg
+    k = g * Kg + offs_m
+    c = (t - rs * c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_c = c < Cg
+    x_col = x_ptr + (g * Cg + c) * s_xc
+    dh = r * dil_h - pad_h
+    dw = s * dil_w - pad_w
+
+    p_lo, p_hi = split_range(split, CHUNKS_PER_SPLIT, BLOCK_K, P)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for p0 in range(p_lo, p_hi, BLOCK_K):
+        n, oh, ow, mask_p = pixel_tile(p0, p_hi, OH, OW, BLOCK_K)
+        a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
+                          pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[None, :], k[:, None],
+                          oh[None, :], ow[None, :], mask_m[:, None] & mask_p[None, :],
+                          POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
+        ih = oh * stride_h + dh
+        iw = ow * stride_w + dw
+        mask_b = in_image(mask_p, ih, iw, H, W)
+        b = tl.load(x_col[None, :] + (n * s_xn + ih * s_xh + iw * s_xw)[:, None],
+                    mask=mask_b[:, None] & mask_c[None, :], other=0.0)
+        acc = mma(a.to(b.dtype), b, acc, DOT_PRECISION, DOT_FP32)
+
+    RS = R * S
+    ws_ptrs = ws_ptr + ((split * K + k) * (Cg * RS))[:, None] + (c * RS + rs)[None, :]
+    tl.store(ws_ptrs, acc, mask=mask_m[:, None] & mask_c[None, :])
+
+
 def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, groups, *,
                        channels_last=False, allow_tf32=False, config=None, pool=None):
     """Gradient of conv2d with respect to its weight.
@@ -86,25 +143,30 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
     if gw.numel() == 0:
         return gw
     size = implicit_gemm_problem_size(WEIGHT_GRAD, ConvProblem(n_, x.shape[1], h, w, k_, r, s, oh, ow, groups))
-    cfg = choose_config(WEIGHT_GRAD_CONFIGS, config, lambda: choose_weight_grad(size))
-    tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * cdiv(size.N, cfg["BLOCK_N"])
+    taps = weight_grad_taps(WEIGHT_GRAD_CONFIGS, x, grad_out, cg, size.M)
+    cfg = choose_config(WEIGHT_GRAD_CONFIGS, config, lambda: choose_weight_grad(size, taps))
+    if cfg["kind"] == "taps":  # columns: (tap, channel block) pairs
+        tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * r * s * cdiv(cg, cfg["BLOCK_N"])
+    else:
+        tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * cdiv(size.N, cfg["BLOCK_N"])
     split, per_split = split_k(cdiv(size.red, cfg["BLOCK_K"]), tiles_n * groups)
     ws = workspace(split, k_, size.N, device=x.device)
-    _conv2d_weight_grad_kernel[(tiles_n, split, groups)](
-        x, *tensors, ws,
-        size.red, h, w, oh, ow, k_, cg, size.M, r, s, *pooled_size, per_split,
-        *stride, *padding, *dilation, *x.stride(), *go_strides,
-        C_INNER=channels_inner(x), **pool_consts,
-        **dot_args(x.dtype, allow_tf32),
-        INT64=needs_int64(x, *tensors, ws),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (x, *tensors, ws, size.red, h, w, oh, ow, k_, cg, size.M, r, s, *pooled_size, per_split,
+            *stride, *padding, *dilation, *x.stride(), *go_strides)
+    common = dict(**pool_consts, **dot_args(x.dtype, allow_tf32), INT64=needs_int64(x, *tensors, ws),
+                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if cfg["kind"] == "taps":
+        _conv2d_weight_grad_taps_kernel[(tiles_n, split, groups)](*args, **common)
+    else:
+        _conv2d_weight_grad_kernel[(tiles_n, split, groups)](*args, C_INNER=channels_inner(x), **common)
     splitk_reduce(ws, gw)
     return gw
 
 
 def aot_specs():
-    """Every config x dtype x dy source x precision (``aot_specs_per_source``), NCHW x; the
-    workspace is fp32."""
-    return aot_specs_per_source("conv2d_weight_grad", _conv2d_weight_grad_kernel, WEIGHT_GRAD_CONFIGS,
+    """Every gemm config x dtype x dy source x precision (``aot_specs_per_source``), NCHW x; the
+    workspace is fp32. The taps kernel is judged in the call view only (see ``forward.aot_specs``)."""
+    gemm = [c for c in WEIGHT_GRAD_CONFIGS if c["kind"] == "gemm"]
+    return aot_specs_per_source("conv2d_weight_grad", _conv2d_weight_grad_kernel, gemm,
                                 dict(x_ptr="*{dt}", ws_ptr="*fp32"), dict(C_INNER=False))
