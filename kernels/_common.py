@@ -198,6 +198,14 @@ def dot_args(dtype, allow_tf32):
                 DOT_FP32=interpreting() and dtype == torch.bfloat16)
 
 
+def channel_contiguous(t):
+    """``t`` with its channels contiguous (channel stride 1): ``t`` itself when they are, else a
+    channels_last copy -- the one transposition cuDNN also makes of NCHW tensors for its tensor-core
+    kernels -- so that a kernel reading blocks of channels loads them as vectors whatever layout the
+    caller's tensors have."""
+    return t if t.stride(1) == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
 def channels_inner(t) -> bool:
     """Whether the channel dimension is the contiguous one (channels_last-like strides)."""
     return t.stride(1) == 1 and t.shape[1] > 1

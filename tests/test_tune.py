@@ -511,7 +511,7 @@ def test_every_triton_launcher_has_a_config_space(launcher):
 
 
 @pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
-def test_the_taps_forward_is_a_candidate_exactly_for_wide_channels_last_input_on_tensor_cores():
+def test_the_taps_forward_is_a_candidate_exactly_for_wide_channel_counts_on_tensor_cores():
     from cnnfast.kernels.conv2d import configs
     taps = {i for i, c in enumerate(configs.FORWARD_CONFIGS) if c["kind"] == "taps"}
     fp32_taps = {i for i in taps if configs.FORWARD_CONFIGS[i]["FP32"] is not None}
@@ -529,7 +529,7 @@ def test_the_taps_forward_is_a_candidate_exactly_for_wide_channels_last_input_on
     assert candidates(torch.float16, True, 32) == taps
     assert candidates(torch.float32, True, 64, allow_tf32=True) == fp32_taps
     assert candidates(torch.float32, True, 64) == set()      # exact float32: FMAs, not tensor cores
-    assert candidates(torch.bfloat16, False, 64) == set()    # NCHW: channel blocks are strided
+    assert candidates(torch.bfloat16, False, 64) == taps     # NCHW: read through a channels_last copy
     assert candidates(torch.bfloat16, True, 16) == set()     # too few channels for a channel block
 
 
@@ -556,7 +556,7 @@ def test_the_taps_gradients_are_candidates_only_where_they_serve():
     assert taps("conv2d_input_grad", torch.float32)                       # TF32
     assert taps("conv2d_weight_grad", torch.bfloat16)
     assert not taps("conv2d_weight_grad", torch.float32)                  # TF32 wgmma wants pixels contiguous
-    assert not taps("conv2d_weight_grad", torch.bfloat16, channels_last=False)
+    assert taps("conv2d_weight_grad", torch.bfloat16, channels_last=False)   # read channels_last
 
 
 def test_the_tune_tables_total_counts_a_calls_last_whole_call_row_instead_of_its_directions():

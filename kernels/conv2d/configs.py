@@ -35,7 +35,7 @@ FORWARD_CONFIGS = [
     # gemm, K/groups > 32
     dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
     # taps (filter taps outer, channel blocks inner: no per-element decode, so larger tiles fit),
-    # channels_last x with C/groups >= 32 and K/groups > 32: ResNet's and DenseNet's 3x3 and 1x1 layers.
+    # C/groups >= 32 and K/groups > 32 (ResNet's and DenseNet's 3x3 and 1x1 layers), x read channels_last.
     # FP32: the config for float32 operands (in TF32), twice the bytes, so half the BLOCK_K (64 spilled
     # on sm_80); None: no float32 candidate (the 128-column tile spilled in TF32 on sm_90; forced, it
     # runs at half its BLOCK_K). Exact float32 (no TF32) runs the dot as FMAs, whose operands do not fit
@@ -59,7 +59,7 @@ INPUT_GRAD_CONFIGS = [
     # C/groups > 32
     dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
     # taps (as the forward's: filter taps outer, contiguous blocks of dy's channels inner),
-    # channels_last dy with K/groups >= 32 and C/groups > 32, stride 1 (input_grad_taps); FP32 as in FORWARD_CONFIGS
+    # K/groups >= 32 and C/groups > 32, stride 1 (input_grad_taps), dy read channels_last; FP32 as in FORWARD_CONFIGS
     dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3 if TRITON_VERSION >= (3, 8) else 2,
          FP32=dict(BLOCK_K=32, num_stages=3)),
     dict(kind="taps", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, FP32=None),
@@ -74,7 +74,7 @@ WEIGHT_GRAD_CONFIGS = [
     # K/groups > 16
     dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3),
     # taps (one filter tap per program, a contiguous block of x's channels as the columns: the image
-    # mask is one value per pixel), channels_last x and dy, 2-byte types, K/groups > 32, C/groups >= 32
+    # mask is one value per pixel), x and dy read channels_last, 2-byte types, K/groups > 32, C/groups >= 32
     dict(kind="taps", BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     # taps, K/groups >= 128
     dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
@@ -101,11 +101,12 @@ def taps_variant(cfg: dict, dtype) -> dict:
 
 def taps_candidates(configs, t, channels: int, allow_tf32: bool) -> list:
     """Indices of the taps configs in ``configs`` that suit a call whose reduction runs over the
-    channels of ``t`` (x for the forward, dy for the input gradient) in blocks: ``t`` channels_last
-    (channel stride 1, so a block is contiguous) with at least 32 such channels per group, on tensor
-    cores (2-byte types, or float32 with TF32), and for float32 only the configs with an FP32 variant."""
+    channels of ``t`` (x for the forward, dy for the input gradient) in blocks: at least 32 such
+    channels per group, on tensor cores (2-byte types, or float32 with TF32), and for float32 only the
+    configs with an FP32 variant. Any layout: the launchers read a tensor whose channels are not
+    contiguous through a channels_last copy (``channel_contiguous``)."""
     fp32 = t.dtype == torch.float32
-    if t.stride(1) != 1 or channels < 32 or (fp32 and not allow_tf32):
+    if channels < 32 or (fp32 and not allow_tf32):
         return []
     return [i for i, c in enumerate(configs)
             if c.get("kind") == "taps" and (not fp32 or c["FP32"] is not None)]
@@ -155,12 +156,11 @@ def choose_input_grad(size: GemmSize, taps=()) -> int:
 
 
 def weight_grad_taps(configs, x, grad_out, cg: int, kg: int) -> list:
-    """The taps configs that suit a weight gradient: x and dy channels_last (channel stride 1), at least
-    32 input and more than 32 output channels per group, 2-byte types (both operands have the pixels,
-    the GEMM's reduction index, strided, and TF32 wgmma reads operands only with it contiguous).
-    ``grad_out`` None (dy rebuilt from the fused op's pooled gradient): none."""
-    if (grad_out is None or x.stride(1) != 1 or grad_out.stride(1) != 1 or cg < 32 or kg <= 32
-            or x.dtype == torch.float32):
+    """The taps configs that suit a weight gradient: at least 32 input and more than 32 output channels
+    per group, 2-byte types (both operands have the pixels, the GEMM's reduction index, strided, and
+    TF32 wgmma reads operands only with it contiguous); x and dy in any layout (read channels_last, as
+    ``taps_candidates`` says). ``grad_out`` None (dy rebuilt from the fused op's pooled gradient): none."""
+    if grad_out is None or cg < 32 or kg <= 32 or x.dtype == torch.float32:
         return []
     return [i for i, c in enumerate(configs) if c["kind"] == "taps"]
 

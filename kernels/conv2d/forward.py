@@ -2,9 +2,9 @@
 import triton
 import triton.language as tl
 
-from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channels_inner, choose_config, dot_args,
-                       in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile, program_ids, reduction_tile,
-                       window_start)
+from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channel_contiguous, channels_inner,
+                       choose_config, dot_args, in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile,
+                       program_ids, reduction_tile, window_start)
 from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n, taps_candidates, taps_variant
 from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
 
@@ -135,9 +135,10 @@ def _conv2d_forward_taps_kernel(
     # modulo per element. With channels_last x (channel stride 1) each pixel row of the A tile is
     # BLOCK_K contiguous elements, and the weight tile's rows are contiguous in c for a channels_last
     # weight, so both operands load in 16-byte vectors; Triton pipelines the loop (num_stages) and
-    # feeds tl.dot (wgmma on sm_90; fp32 in TF32 or exact "ieee"). Any strides are read correctly:
-    # in NCHW the channel block is strided and the loads are scalar (the gemm kernel serves NCHW).
-    # Bias is added in fp32; y is written once in its dtype.
+    # feeds tl.dot (wgmma on sm_90; fp32 in TF32 or exact "ieee"). Any strides are read correctly;
+    # the launcher hands it NCHW x and weights as channels_last copies (channel_contiguous), so the
+    # channel blocks are never strided, and gives it a channels_last y. Bias is added in fp32; y is
+    # written once in its dtype.
     pid_m, pid_n, g = program_ids(INT64)
 
     n, oh, ow, mask_m = pixel_tile(pid_m * BLOCK_M, M, OH, OW, BLOCK_M)
@@ -213,11 +214,18 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
     elif cfg["kind"] == "taps":
         grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
         tile = taps_variant(cfg, x.dtype)
+        # NCHW operands are read, and an NCHW result written, through channels_last copies: storing
+        # the tile's channel-major accumulator to NCHW directly costs a layout conversion that spills.
+        xc, wc = channel_contiguous(x), channel_contiguous(weight)
+        yc = y if channels_last else new_empty(y.shape, dtype=y.dtype, device=y.device, channels_last=True)
         _conv2d_forward_taps_kernel[grid](
-            *common, m, h, w, oh, ow, cg, kg, r, s, *geometry,
+            xc, wc, b, yc, m, h, w, oh, ow, cg, kg, r, s,
+            *stride, *padding, *dilation, *xc.stride(), *wc.stride(), s_b, *yc.stride(),
             HAS_BIAS=has_bias, **dot_args(x.dtype, allow_tf32), INT64=int64,
             BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
             num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        if yc is not y:
+            y.copy_(yc)
     else:
         grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
         _conv2d_forward_gemm_kernel[grid](

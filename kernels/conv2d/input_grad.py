@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import (cdiv, channels_inner, choose_config, dot_args, mma,
+from .._common import (cdiv, channel_contiguous, channels_inner, choose_config, dot_args, mma,
                        needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
 from .configs import INPUT_GRAD_CONFIGS, choose_input_grad, input_grad_taps, taps_variant
 from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
@@ -140,19 +140,30 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
     cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(size, taps))
     grid = (cdiv(size.M, cfg["BLOCK_M"]), cdiv(cg, cfg["BLOCK_N"]), groups)
     w_read = weight
-    if cfg["kind"] == "taps" and weight.dtype == torch.float32:
-        # TF32 wgmma reads its B operand only K-major (the GEMM's reduction index k contiguous; 16-bit
-        # types may be transposed in shared memory), so with c contiguous every B element would be a
-        # 4-byte copy: read a copy of the (small) weight with k innermost instead.
-        w_read = weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
-    args = (*tensors, w_read, gi, size.M, h, w, oh, ow, cg, k_ // groups, r, s, *pooled_size,
-            *stride, *padding, *dilation, *go_strides, *w_read.stride(), *gi.stride())
-    common = dict(**pool_consts, **dot_args(weight.dtype, allow_tf32), INT64=needs_int64(*tensors, w_read, gi))
+    if cfg["kind"] == "taps":
+        # dy's channel blocks contiguous (NCHW dy: a channels_last copy); the weight's B tile w[k, c]
+        # with c contiguous, except in TF32, whose wgmma reads B only K-major (the GEMM's reduction
+        # index k contiguous; 16-bit types may be transposed in shared memory): with c contiguous
+        # every B element would be a 4-byte copy, so it reads a copy of the weight with k innermost.
+        dy = channel_contiguous(grad_out)
+        tensors, go_strides = (dy, dy, dy), (*dy.stride(), *go_strides[4:])
+        if weight.dtype == torch.float32:
+            w_read = weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+        else:
+            w_read = channel_contiguous(weight)
+    # An NCHW result of the taps kernel is written through a channels_last copy, as the taps forward's.
+    gc = gi if cfg["kind"] != "taps" or channels_last else new_empty(gi.shape, dtype=gi.dtype, device=gi.device,
+                                                                     channels_last=True)
+    args = (*tensors, w_read, gc, size.M, h, w, oh, ow, cg, k_ // groups, r, s, *pooled_size,
+            *stride, *padding, *dilation, *go_strides, *w_read.stride(), *gc.stride())
+    common = dict(**pool_consts, **dot_args(weight.dtype, allow_tf32), INT64=needs_int64(*tensors, w_read, gc))
     if cfg["kind"] == "taps":
         tile = taps_variant(cfg, weight.dtype)
         _conv2d_input_grad_taps_kernel[grid](
             *args, **common, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
             num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        if gc is not gi:
+            gi.copy_(gc)
     else:
         _conv2d_input_grad_kernel[grid](
             *args, K_INNER=channels_inner(tensors[1]), **common,

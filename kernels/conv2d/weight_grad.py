@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .._common import (cdiv, channels_inner, choose_config, dot_args, in_image,
+from .._common import (cdiv, channel_contiguous, channels_inner, choose_config, dot_args, in_image,
                        mma, needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
 from .configs import WEIGHT_GRAD_CONFIGS, choose_weight_grad, weight_grad_taps
 from .gemm import WEIGHT_GRAD, ConvProblem, implicit_gemm_problem_size
@@ -151,6 +151,9 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
         tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * cdiv(size.N, cfg["BLOCK_N"])
     split, per_split = split_k(cdiv(size.red, cfg["BLOCK_K"]), tiles_n * groups)
     ws = workspace(split, k_, size.N, device=x.device)
+    if cfg["kind"] == "taps":  # channel blocks contiguous: NCHW x or dy read as channels_last copies
+        x, dy = channel_contiguous(x), channel_contiguous(grad_out)
+        tensors, go_strides = (dy, dy, dy), (*dy.stride(), *go_strides[4:])
     args = (x, *tensors, ws, size.red, h, w, oh, ow, k_, cg, size.M, r, s, *pooled_size, per_split,
             *stride, *padding, *dilation, *x.stride(), *go_strides)
     common = dict(**pool_consts, **dot_args(x.dtype, allow_tf32), INT64=needs_int64(x, *tensors, ws),
