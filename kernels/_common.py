@@ -121,6 +121,16 @@ def tap(start, t, dil, size, mask):
 
 
 @triton.jit
+def tap_block(step, blocks, S, BLOCK: tl.constexpr):
+    """Step ``step`` of a taps loop (filter taps outer, ``blocks`` channel blocks of BLOCK inner, as
+    one flattened loop) -> (r, s, the block's BLOCK channel indices); scalar arithmetic but the arange."""
+    rs = step // blocks
+    ch = (step - rs * blocks) * BLOCK + tl.arange(0, BLOCK)
+    r = rs // S
+    return r, rs - r * S, ch
+
+
+@triton.jit
 def in_image(mask, ih, iw, H, W):
     """The im2col mask: ``mask`` narrowed to the (ih, iw) inside the H x W image (outside it x reads
     as zero). The terms are and-ed one by one onto ``mask``: grouping them instead cost the weight

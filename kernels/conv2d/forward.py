@@ -4,7 +4,7 @@ import triton.language as tl
 
 from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channel_contiguous, channels_inner,
                        choose_config, dot_args, in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile,
-                       program_ids, reduction_tile, window_start)
+                       program_ids, reduction_tile, tap_block, window_start)
 from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n, taps_candidates, taps_variant
 from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
 
@@ -149,16 +149,12 @@ def _conv2d_forward_taps_kernel(
     mask_n = offs_n < Kg
     k = g * Kg + offs_n
     w_base = w_ptr + k * s_wk
-    offs_c = tl.arange(0, BLOCK_K)
 
     c_blocks = tl.cdiv(Cg, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(0, R * S * c_blocks):
-        rs = step // c_blocks
-        c = (step - rs * c_blocks) * BLOCK_K + offs_c
+        r, s, c = tap_block(step, c_blocks, S, BLOCK_K)
         mask_c = c < Cg
-        r = rs // S
-        s = rs - r * S
         ih = ih0 + r * dil_h
         iw = iw0 + s * dil_w
         mask_a = in_image(mask_m, ih, iw, H, W)

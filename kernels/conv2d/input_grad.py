@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .._common import (cdiv, channel_contiguous, channels_inner, choose_config, dot_args, mma,
-                       needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
+                       needs_int64, new_empty, pixel_tile, program_ids, reduction_tile, tap_block)
 from .configs import INPUT_GRAD_CONFIGS, choose_input_grad, input_grad_taps, taps_variant
 from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
@@ -85,17 +85,13 @@ def _conv2d_input_grad_taps_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Cg
     cin = g * Cg + offs_n
-    offs_k = tl.arange(0, BLOCK_K)
 
     k_blocks = tl.cdiv(Kg, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(0, R * S * k_blocks):
-        rs = step // k_blocks
-        kl = (step - rs * k_blocks) * BLOCK_K + offs_k
+        r, s, kl = tap_block(step, k_blocks, S, BLOCK_K)
         mask_k = kl < Kg
         k = g * Kg + kl
-        r = rs // S
-        s = rs - r * S
         oh_num = ih + pad_h - r * dil_h
         ow_num = iw + pad_w - s * dil_w
         oh = oh_num // stride_h
