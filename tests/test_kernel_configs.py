@@ -111,6 +111,28 @@ def test_every_conv2d_weight_grad_config_in_channels_last_with_wide_channel_bloc
     assert_matches(got, ref, dtype)
 
 
+@pytest.mark.parametrize("config", [i for i in _configs("conv2d_weight_grad") if i >= 3])
+def test_taps_weight_grad_split_ranges_that_start_and_end_inside_an_image(config):
+    """Enough pixels for several split-K ranges per tile, each starting inside an image (the kernel
+    counts image, row block and column block on from its range's start) and crossing into the next."""
+    from cnnfast.kernels import conv2d_weight_grad
+    from cnnfast.kernels.conv2d import configs, splitk
+    cl = torch.channels_last
+    x = rand(4, 64, 20, 20, dtype=torch.float16).to(memory_format=cl)
+    w64 = rand(48, 64, 3, 3).double().requires_grad_()
+    y64 = F.conv2d(x.double(), w64, padding=1)
+    g = torch.randn_like(y64)
+    (ref,) = torch.autograd.grad(y64, w64, g)
+    cfg = configs.WEIGHT_GRAD_CONFIGS[config]
+    block_w = min(32, cfg["BLOCK_K"])
+    steps = 4 * -(-20 // (cfg["BLOCK_K"] // block_w)) * -(-20 // block_w)
+    split, per_split = splitk.split_k(steps, -(-48 // cfg["BLOCK_M"]) * 9 * -(-64 // cfg["BLOCK_N"]))
+    assert split > 1 and per_split % (steps // 4) != 0, "the case must cut images across split ranges"
+    got = conv2d_weight_grad(x, g.half().contiguous(memory_format=cl), (48, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1,
+                             channels_last=True, config=config)
+    assert_matches(got, ref, torch.float16)
+
+
 @pytest.mark.parametrize("config", _configs("conv2d_bias_grad"))
 def test_every_conv2d_bias_grad_config(config):
     from cnnfast.kernels import conv2d_bias_grad

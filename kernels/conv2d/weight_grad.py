@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 
 from .._common import (cdiv, channel_contiguous, channels_inner, choose_config, dot_args, in_image,
-                       mma, needs_int64, new_empty, pixel_tile, program_ids, reduction_tile)
+                       mma, needs_int64, new_empty, next_pow2, pixel_tile, program_ids, reduction_tile)
 from .configs import WEIGHT_GRAD_CONFIGS, choose_weight_grad, weight_grad_taps
 from .gemm import WEIGHT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
@@ -68,20 +68,23 @@ def _conv2d_weight_grad_kernel(
 @triton.jit
 def _conv2d_weight_grad_taps_kernel(
     x_ptr, go_ptr, gp_ptr, pos_ptr, ws_ptr,
-    P, H, W, OH, OW, K, Cg, Kg, R, S, PH, PW, CHUNKS_PER_SPLIT,
+    NB, H, W, OH, OW, K, Cg, Kg, R, S, PH, PW, CHUNKS_PER_SPLIT,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     s_xn, s_xc, s_xh, s_xw,
     s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
     POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
     PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # The weight gradient's split-K GEMM (as in _conv2d_weight_grad_kernel: M = K/groups output
-    # channels, N = C/groups·R·S, reduction over P = N·OH·OW pixels split into ranges, partial tiles
+    # channels, N = C/groups·R·S, reduction over the N·OH·OW pixels split into ranges, partial tiles
     # to the fp32 workspace ws[split, k, c·R·S + r·S + s] summed by splitk.py) with each program's
     # columns one filter tap (r, s) and a block of BLOCK_N contiguous input channels: grid axis 0 runs
-    # over (k block, tap, c block). Per step the BLOCK_K pixels are decoded once, and the tap's input
-    # position and image mask are one value per pixel (no per-element mask); with channels_last x
+    # over (k block, tap, c block). The reduction steps over blocks of ROWS output rows x BLOCK_W
+    # columns of one image (both powers of two, BLOCK_W >= OW but for wide images), so a step's
+    # pixel coordinates are a shift and a mask of one arange plus scalar arithmetic: no division per
+    # pixel. The tap's input position and image mask are one value per pixel; with channels_last x
     # and dy both operands' rows are contiguous channel runs.
     pid_t, split, g = program_ids(INT64)
 
@@ -102,12 +105,24 @@ def _conv2d_weight_grad_taps_kernel(
     dh = r * dil_h - pad_h
     dw = s * dil_w - pad_w
 
-    p_lo, p_hi = split_range(split, CHUNKS_PER_SPLIT, BLOCK_K, P)
+    offs_p = tl.arange(0, ROWS * BLOCK_W)
+    row = offs_p // BLOCK_W
+    col = offs_p % BLOCK_W
+    h_blocks = tl.cdiv(OH, ROWS)
+    w_blocks = tl.cdiv(OW, BLOCK_W)
+    per_image = h_blocks * w_blocks
+    q_lo, q_hi = split_range(split, CHUNKS_PER_SPLIT, 1, NB * per_image)
+    # The step's (image, row block, column block), decoded once and then counted on with carries.
+    n = q_lo // per_image
+    hb = (q_lo - n * per_image) // w_blocks
+    wb = q_lo - n * per_image - hb * w_blocks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for p0 in range(p_lo, p_hi, BLOCK_K):
-        n, oh, ow, mask_p = pixel_tile(p0, p_hi, OH, OW, BLOCK_K)
+    for _ in range(q_lo, q_hi):
+        oh = hb * ROWS + row
+        ow = wb * BLOCK_W + col
+        mask_p = (oh < OH) & (ow < OW)
         a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
-                          pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[None, :], k[:, None],
+                          pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n, k[:, None],
                           oh[None, :], ow[None, :], mask_m[:, None] & mask_p[None, :],
                           POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
         ih = oh * stride_h + dh
@@ -116,6 +131,13 @@ def _conv2d_weight_grad_taps_kernel(
         b = tl.load(x_col[None, :] + (n * s_xn + ih * s_xh + iw * s_xw)[:, None],
                     mask=mask_b[:, None] & mask_c[None, :], other=0.0)
         acc = mma(a.to(b.dtype), b, acc, DOT_PRECISION, DOT_FP32)
+        wb += 1
+        row_done = wb == w_blocks
+        wb = tl.where(row_done, 0, wb)
+        hb = tl.where(row_done, hb + 1, hb)
+        image_done = hb == h_blocks
+        hb = tl.where(image_done, 0, hb)
+        n = tl.where(image_done, n + 1, n)
 
     RS = R * S
     ws_ptrs = ws_ptr + ((split * K + k) * (Cg * RS))[:, None] + (c * RS + rs)[None, :]
@@ -145,11 +167,15 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
     size = implicit_gemm_problem_size(WEIGHT_GRAD, ConvProblem(n_, x.shape[1], h, w, k_, r, s, oh, ow, groups))
     taps = weight_grad_taps(WEIGHT_GRAD_CONFIGS, x, grad_out, cg, size.M)
     cfg = choose_config(WEIGHT_GRAD_CONFIGS, config, lambda: choose_weight_grad(size, taps))
-    if cfg["kind"] == "taps":  # columns: (tap, channel block) pairs
+    if cfg["kind"] == "taps":  # columns: (tap, channel block) pairs; steps: blocks of rows x columns
         tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * r * s * cdiv(cg, cfg["BLOCK_N"])
+        block_w = min(next_pow2(ow), cfg["BLOCK_K"])
+        rows = cfg["BLOCK_K"] // block_w
+        num_chunks = n_ * cdiv(oh, rows) * cdiv(ow, block_w)
     else:
         tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * cdiv(size.N, cfg["BLOCK_N"])
-    split, per_split = split_k(cdiv(size.red, cfg["BLOCK_K"]), tiles_n * groups)
+        num_chunks = cdiv(size.red, cfg["BLOCK_K"])
+    split, per_split = split_k(num_chunks, tiles_n * groups)
     ws = workspace(split, k_, size.N, device=x.device)
     if cfg["kind"] == "taps":  # channel blocks contiguous: NCHW x or dy read as channels_last copies
         x, dy = channel_contiguous(x), channel_contiguous(grad_out)
@@ -157,12 +183,14 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
     args = (x, *tensors, ws, size.red, h, w, oh, ow, k_, cg, size.M, r, s, *pooled_size, per_split,
             *stride, *padding, *dilation, *x.stride(), *go_strides)
     common = dict(**pool_consts, **dot_args(x.dtype, allow_tf32), INT64=needs_int64(x, *tensors, ws),
-                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])
     if cfg["kind"] == "taps":
-        _conv2d_weight_grad_taps_kernel[(tiles_n, split, groups)](*args, **common)
+        args = (*args[:5], n_, *args[6:])  # the reduction steps over images, not pixels
+        _conv2d_weight_grad_taps_kernel[(tiles_n, split, groups)](*args, **common, ROWS=rows, BLOCK_W=block_w)
     else:
-        _conv2d_weight_grad_kernel[(tiles_n, split, groups)](*args, C_INNER=channels_inner(x), **common)
+        _conv2d_weight_grad_kernel[(tiles_n, split, groups)](*args, C_INNER=channels_inner(x), **common,
+                                                             BLOCK_K=cfg["BLOCK_K"])
     splitk_reduce(ws, gw)
     return gw
 
