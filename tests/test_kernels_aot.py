@@ -168,6 +168,22 @@ def test_taps_forward_meets_its_machine_code_targets_on_sm_90(call_report):
         assert r["resident_warps"] >= 8, f"{where}: {r['resident_warps']} warps per SM"
 
 
+def test_taps_gradients_are_the_heuristics_choice_and_meet_the_targets_on_sm_90(call_report):
+    """ResNet-18 layer1's 3x3 conv in bfloat16 channels_last, training: the launchers' own choice for the
+    input and weight gradients is the taps kernel, at most 48 instructions per 64-column HGMMA, 16-byte
+    cp.async only, at least 8 warps per SM."""
+    rows, _ = call_report
+    grads = [r for r in rows if r["case"].startswith(_RESNET_LAYER1) and r["config"] is None
+             and r["launcher"] in ("conv2d_input_grad", "conv2d_weight_grad") and "reduce" not in r["kernel"]]
+    assert {r["launcher"] for r in grads} == {"conv2d_input_grad", "conv2d_weight_grad"}, grads
+    for r in grads:
+        loop, where = r["main_loop"], f"{r['launcher']} {r['kernel']}"
+        assert r["kernel"].endswith("_taps_kernel"), where
+        assert loop["hgmma_units"] > 0 and loop["per_tc"] <= 48, f"{where}: {loop}"
+        assert set(loop["loads"]) == {"LDGSTS.16"}, f"{where}: {loop['loads']}"
+        assert r["resident_warps"] >= 8 and not r["problems"], f"{where}: {r}"
+
+
 def test_call_view_compiles_with_the_jits_specialisation(call_report):
     """The JIT gives the channels_last forward's 16-byte-aligned pointers and strides divisible by 16
     their hints: the main loop copies operands with 16-byte cp.async and runs wgmma (compiled with
