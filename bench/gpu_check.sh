@@ -185,7 +185,7 @@ if wants tests; then
   else
     # The kernels' own tests first, so that a cut at the cap drops the least telling ones; the AOT build
     # and this script's dry run need no GPU (CI runs them).
-    order="conv2d max_pool2d fused ops backends cuda_programs extension errors kernel_configs nn convert train"
+    order="conv2d max_pool2d fused ops backends cuda_programs extension errors kernel_configs jitview nn convert train"
     files=()
     for t in $order; do [ -f "$REPO/tests/test_$t.py" ] && files+=("$REPO/tests/test_$t.py"); done
     for f in "$REPO"/tests/test_*.py; do
