@@ -209,11 +209,17 @@ def dot_args(dtype, allow_tf32):
 
 
 def channel_contiguous(t):
-    """``t`` with its channels contiguous (channel stride 1): ``t`` itself when they are, else a
-    channels_last copy -- the one transposition cuDNN also makes of NCHW tensors for its tensor-core
-    kernels -- so that a kernel reading blocks of channels loads them as vectors whatever layout the
-    caller's tensors have."""
-    return t if t.stride(1) == 1 else t.contiguous(memory_format=torch.channels_last)
+    """``t`` (4-D) dense in channels_last order with exactly channels_last's strides: ``t`` itself when
+    it is, else a channels_last copy -- the one transposition cuDNN also makes of NCHW tensors for its
+    tensor-core kernels -- so that a kernel reading blocks of channels loads them as vectors whatever
+    layout the caller's tensors have. A size-1 dimension's stride is set to channels_last's too (a view:
+    it never multiplies a nonzero index): an NCHW 1x1 weight is channels_last already but has spatial
+    strides of 1, which the JIT makes constants, losing the divisibility its 16-byte loads rest on."""
+    if not t.is_contiguous(memory_format=torch.channels_last):
+        t = t.contiguous(memory_format=torch.channels_last)
+    _, c, _, w = t.shape
+    canonical = (t.shape[2] * w * c, 1, w * c, c)
+    return t if t.stride() == canonical else t.as_strided(t.shape, canonical)
 
 
 def channels_inner(t) -> bool:

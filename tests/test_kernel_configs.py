@@ -60,6 +60,18 @@ def test_every_conv2d_forward_config_in_channels_last_with_wide_channel_blocks(c
     assert_matches(out, ref, dtype)
 
 
+@pytest.mark.parametrize("config", _configs("conv2d_forward"))
+def test_every_conv2d_forward_config_on_a_strided_1x1_nchw_layer(config):
+    """An NCHW 1x1 weight is channels_last-contiguous too, with spatial strides of 1; the taps kernels
+    read it through a view with channels_last's strides (same elements)."""
+    from cnnfast.kernels import conv2d_forward
+    x, w = rand(2, 48, 9, 7, dtype=torch.float16), rand(40, 48, 1, 1, dtype=torch.float16)
+    ref = F.conv2d(x.double(), w.double(), stride=2)
+    out = conv2d_forward(x, w, None, (2, 2), (0, 0), (1, 1), 1, tuple(ref.shape[2:]), config=config)
+    assert out.is_contiguous()
+    assert_matches(out, ref, torch.float16)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", _configs("conv2d_input_grad"))
 def test_every_conv2d_input_grad_config(config, dtype):
