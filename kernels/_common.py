@@ -171,6 +171,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
+def target_arch():
+    """The compute capability (major * 10 + minor) Triton compiles the next launch for -- the current
+    device's, or the target of ``cnnfast.kernels.jitview.compile_only`` --, None under the interpreter."""
+    if interpreting():
+        return None
+    from triton.runtime import driver
+    return driver.active.get_current_target().arch
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether any tensor spans more than 2**31 - 1 elements of memory, so offsets need int64."""
     for t in tensors:

@@ -59,9 +59,11 @@ INPUT_GRAD_CONFIGS = [
     # C/groups > 32
     dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
     # taps (as the forward's: filter taps outer, contiguous blocks of dy's channels inner),
-    # K/groups >= 32 and C/groups > 32, stride 1 (input_grad_taps), dy read channels_last; FP32 as in FORWARD_CONFIGS
-    dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3 if TRITON_VERSION >= (3, 8) else 2,
-         FP32=dict(BLOCK_K=32, num_stages=3)),
+    # K/groups >= 32 and C/groups > 32, stride 1 (input_grad_taps), dy read channels_last; FP32 as in
+    # FORWARD_CONFIGS. Triton 3.6 spills it in three stages on sm_80 in bfloat16 (12 B) and runs it at
+    # 50.5 instructions per wgmma in two on sm_90 (47.2 in three): PRE_SM90 takes two below sm_90.
+    dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3,
+         PRE_SM90=dict(num_stages=2) if TRITON_VERSION < (3, 8) else None, FP32=dict(BLOCK_K=32, num_stages=3)),
     dict(kind="taps", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, FP32=None),
 ]
 
@@ -92,11 +94,15 @@ BIAS_GRAD_CONFIGS = [
 REDUCE_CONFIG = dict(BLOCK=256, num_warps=4)
 
 
-def taps_variant(cfg: dict, dtype) -> dict:
-    """The tile sizes and stages a taps config runs with for operands of ``dtype``."""
-    if dtype != torch.float32:
-        return cfg
-    return dict(cfg, **(cfg["FP32"] or dict(BLOCK_K=cfg["BLOCK_K"] // 2)))
+def taps_variant(cfg: dict, dtype, arch=None) -> dict:
+    """The tile sizes and stages a taps config runs with for operands of ``dtype``, compiled for compute
+    capability ``arch`` (``target_arch()``; None: as listed): its FP32 variant for float32, its
+    PRE_SM90 variant (where it has one) below sm_90."""
+    if dtype == torch.float32:
+        return dict(cfg, **(cfg["FP32"] or dict(BLOCK_K=cfg["BLOCK_K"] // 2)))
+    if arch is not None and arch < 90 and cfg.get("PRE_SM90"):
+        return dict(cfg, **cfg["PRE_SM90"])
+    return cfg
 
 
 def taps_candidates(configs, t, channels: int, allow_tf32: bool) -> list:

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .._common import (cdiv, channel_contiguous, channels_inner, choose_config, dot_args, mma,
-                       needs_int64, new_empty, pixel_tile, program_ids, reduction_tile, tap_block)
+                       needs_int64, new_empty, pixel_tile, program_ids, reduction_tile, tap_block, target_arch)
 from .configs import INPUT_GRAD_CONFIGS, choose_input_grad, input_grad_taps, taps_variant
 from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
@@ -154,7 +154,7 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
             *stride, *padding, *dilation, *go_strides, *w_read.stride(), *gc.stride())
     common = dict(**pool_consts, **dot_args(weight.dtype, allow_tf32), INT64=needs_int64(*tensors, w_read, gc))
     if cfg["kind"] == "taps":
-        tile = taps_variant(cfg, weight.dtype)
+        tile = taps_variant(cfg, weight.dtype, target_arch())
         _conv2d_input_grad_taps_kernel[grid](
             *args, **common, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
             num_warps=tile["num_warps"], num_stages=tile["num_stages"])
