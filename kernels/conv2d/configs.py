@@ -4,10 +4,13 @@ Each list entry names the shape family it serves; each launcher takes ``config=`
 list, or a dict) to force one, and otherwise asks the ``choose_*`` function here. The sizes are the
 implicit-GEMM ones of ``gemm.py`` (M rows, N columns, ``red`` reduction length per group).
 
-Two limits shape every GEMM list: the gathered im2col tiles cost registers per element (an address
-and a mask each), so tiles stay at BLOCK_K = 16 (forward, input_grad) and <= 4096 accumulator elements
-(larger ones spill at 4 warps); and no config uses more than 4 warps: Inductor's Triton conv template
-miscompiled at num_warps >= 8 (pytorch issue 173068).
+Two limits shape every GEMM list: the gemm kernels' gathered im2col tiles cost registers per element
+(an address and a mask each), so their tiles stay at BLOCK_K = 16 (forward, input_grad) and <= 4096
+accumulator elements (larger ones spill at 4 warps) -- the "taps" kernels decode nothing per element
+and take 128 x 64 x 64 and 128 x 128 x 32 tiles; and no config uses more than 4 warps: Inductor's
+Triton conv template miscompiled at num_warps >= 8 (pytorch issue 173068). The call view
+(``python -m cnnfast.kernels.aot --suite ...``) shows each config's registers and spills on the code the
+JIT builds for real layers; the entries that differ between Triton 3.6 and 3.8 say why.
 """
 import torch
 
