@@ -106,6 +106,24 @@ def test_every_conv2d_weight_grad_config(config, dtype):
     assert_matches(out, ref, dtype)
 
 
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (1, 0), (2, 0)], ids=["3x3 pad 1", "1x1", "2x2"])
+@pytest.mark.parametrize("config", _configs("conv2d_input_grad"))
+def test_every_conv2d_input_grad_config_at_stride_2(config, kernel, padding):
+    """ResNet's strided layers (3x3 stride 2 pad 1, the 1x1 stride-2 downsample, whose odd rows and
+    columns get no gradient at all) and an even kernel, odd image sizes, channels_last: every input
+    cell written, with every config (the taps ones forced: the heuristic keeps them for stride 1)."""
+    from cnnfast.kernels import conv2d_input_grad
+    cl = torch.channels_last
+    x64 = rand(2, 40, 9, 7).double().requires_grad_()
+    w = rand(48, 40, kernel, kernel, dtype=torch.float16).to(memory_format=cl)
+    y64 = F.conv2d(x64, w.double(), stride=2, padding=padding)
+    g = torch.randn_like(y64)
+    (ref,) = torch.autograd.grad(y64, x64, g)
+    got = conv2d_input_grad(g.half().contiguous(memory_format=cl), w, (9, 7), (2, 2), (padding, padding), (1, 1), 1,
+                            channels_last=True, config=config)
+    assert_matches(got, ref, torch.float16)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", _configs("conv2d_weight_grad"))
 def test_every_conv2d_weight_grad_config_in_channels_last_with_wide_channel_blocks(config, dtype):
