@@ -510,11 +510,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_json(path, rows, failures, archs, **view):
-    import triton
-    report = {"triton_version": triton.__version__, "archs": archs, **view, "failures": failures, "results": rows}
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+def _finish(args, rows, failures, **view) -> int:
+    """Write the JSON report when asked, name the failures; the exit status (1 when any)."""
+    if args.json:
+        import triton
+        report = {"triton_version": triton.__version__, "archs": args.arch, **view, "failures": failures,
+                  "results": rows}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if failures:
+        print("\nFAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _failures(rows, what) -> list[str]:
@@ -557,12 +564,7 @@ def _main_calls(args) -> int:
           f"with {min(args.jobs, max(len(tasks), 1))} process(es)")
     failures = _failures(rows, lambda r: f"{r['case']} {r['launcher']} {_config_label(r['config'])} "
                                          f"{r.get('kernel', '')}".rstrip())
-    if args.json:
-        _write_json(args.json, rows, failures, args.arch, view="calls", suites=names)
-    if failures:
-        print("\nFAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return _finish(args, rows, failures, view="calls", suites=names)
 
 
 def main(argv=None) -> int:
@@ -597,12 +599,7 @@ def main(argv=None) -> int:
     print(f"\n{len(rows)} compilations ({len(selected)} specs x {len(args.arch)} archs) in {elapsed:.1f} s "
           f"with {min(args.jobs, max(len(tasks), 1))} process(es)")
     failures += _failures(rows, lambda r: r["name"])
-    if args.json:
-        _write_json(args.json, rows, failures, args.arch, view="specs", modules=modules)
-    if failures:
-        print("\nFAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return _finish(args, rows, failures, view="specs", modules=modules)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ only two things change while ``compile_only(arch)`` is active:
   the kernel is compiled with the specialisation a real launch would get and is not run.
 
 So the cubin obtained for a call is the one the JIT builds for the same call on a GPU of that
-architecture (a GPU test, ``tests/test_kernels_aot.py``, checks that their SASS is identical).
+architecture (a GPU test, ``tests/test_jitview.py``, checks that their SASS is identical).
 Tensors are allocated, never written; a launcher's host-side work (output allocation, split-K
 planning) runs as it would.
 
@@ -62,9 +62,6 @@ class _CompileOnlyDriver:
 
     def get_current_stream(self, device=None):
         return 0
-
-    def set_current_device(self, device):
-        pass
 
 
 def _grid(grid, bound):

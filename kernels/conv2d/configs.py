@@ -131,10 +131,11 @@ def input_grad_taps(configs, grad_out, kg: int, stride, allow_tf32: bool) -> lis
     return taps_candidates(configs, grad_out, kg, allow_tf32)
 
 
-def widest_taps(configs, taps, columns: int):
-    """Of the ``taps`` configs, the one with the widest tile that ``columns`` fills (None if none)."""
-    fitting = [i for i in taps if configs[i]["BLOCK_N"] <= columns]
-    return max(fitting, key=lambda i: configs[i]["BLOCK_N"]) if fitting else None
+def widest_taps(configs, taps, extent: int, key: str = "BLOCK_N"):
+    """Of the ``taps`` configs, the one whose tile is widest along ``key`` (BLOCK_N: columns, BLOCK_M:
+    rows) while ``extent`` fills it (None if none)."""
+    fitting = [i for i in taps if configs[i][key] <= extent]
+    return max(fitting, key=lambda i: configs[i][key]) if fitting else None
 
 
 def choose_forward(size: GemmSize, taps=()) -> int:
@@ -179,10 +180,8 @@ def choose_weight_grad(size: GemmSize, taps=()) -> int:
     with the most rows that K/groups fills."""
     if size.M <= 16:
         return 0 if size.N <= 32 else 1
-    fitting = [i for i in taps if WEIGHT_GRAD_CONFIGS[i]["BLOCK_M"] <= size.M]
-    if fitting:
-        return max(fitting, key=lambda i: WEIGHT_GRAD_CONFIGS[i]["BLOCK_M"])
-    return 2
+    tall = widest_taps(WEIGHT_GRAD_CONFIGS, taps, size.M, key="BLOCK_M")
+    return 2 if tall is None else tall
 
 
 def choose_bias_grad(channels: int) -> int:

@@ -190,8 +190,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
         return y
     size = implicit_gemm_problem_size(FORWARD, ConvProblem(n_, c_, h, w, k_, r, s, oh, ow, groups))
     m, kg = size.M, size.N
-    taps = taps_candidates(FORWARD_CONFIGS, x, cg, allow_tf32)
-    cfg = choose_config(FORWARD_CONFIGS, config, lambda: choose_forward(size, taps))
+    cfg = choose_config(FORWARD_CONFIGS, config,
+                        lambda: choose_forward(size, taps_candidates(FORWARD_CONFIGS, x, cg, allow_tf32)))
     has_bias = bias is not None
     b = bias if has_bias else weight
     s_b = bias.stride(0) if has_bias else 0

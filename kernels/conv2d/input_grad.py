@@ -132,8 +132,8 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
     if gi.numel() == 0:
         return gi
     size = implicit_gemm_problem_size(INPUT_GRAD, ConvProblem(n_, groups * cg, h, w, k_, r, s, oh, ow, groups))
-    taps = input_grad_taps(INPUT_GRAD_CONFIGS, grad_out, k_ // groups, stride, allow_tf32) if pool is None else []
-    cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(size, taps))
+    cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(
+        size, input_grad_taps(INPUT_GRAD_CONFIGS, grad_out, k_ // groups, stride, allow_tf32)))
     grid = (cdiv(size.M, cfg["BLOCK_M"]), cdiv(cg, cfg["BLOCK_N"]), groups)
     w_read = weight
     if cfg["kind"] == "taps":
@@ -154,7 +154,7 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
             *stride, *padding, *dilation, *go_strides, *w_read.stride(), *gc.stride())
     common = dict(**pool_consts, **dot_args(weight.dtype, allow_tf32), INT64=needs_int64(*tensors, w_read, gc))
     if cfg["kind"] == "taps":
-        tile = taps_variant(cfg, weight.dtype, target_arch())
+        tile = taps_variant(cfg, weight.dtype, target_arch() if cfg.get("PRE_SM90") else None)
         _conv2d_input_grad_taps_kernel[grid](
             *args, **common, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
             num_warps=tile["num_warps"], num_stages=tile["num_stages"])

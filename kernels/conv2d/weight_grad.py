@@ -165,28 +165,29 @@ def conv2d_weight_grad(x, grad_out, weight_size, stride, padding, dilation, grou
     if gw.numel() == 0:
         return gw
     size = implicit_gemm_problem_size(WEIGHT_GRAD, ConvProblem(n_, x.shape[1], h, w, k_, r, s, oh, ow, groups))
-    taps = weight_grad_taps(WEIGHT_GRAD_CONFIGS, x, grad_out, cg, size.M)
-    cfg = choose_config(WEIGHT_GRAD_CONFIGS, config, lambda: choose_weight_grad(size, taps))
-    if cfg["kind"] == "taps":  # columns: (tap, channel block) pairs; steps: blocks of rows x columns
+    cfg = choose_config(WEIGHT_GRAD_CONFIGS, config, lambda: choose_weight_grad(
+        size, weight_grad_taps(WEIGHT_GRAD_CONFIGS, x, grad_out, cg, size.M)))
+    taps = cfg["kind"] == "taps"
+    if taps:
+        # Columns: (tap, channel block) pairs; the reduction steps over blocks of rows x columns of each
+        # of the n_ images. Channel blocks contiguous: NCHW x or dy are read as channels_last copies.
         tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * r * s * cdiv(cg, cfg["BLOCK_N"])
         block_w = min(next_pow2(ow), cfg["BLOCK_K"])
         rows = cfg["BLOCK_K"] // block_w
-        num_chunks = n_ * cdiv(oh, rows) * cdiv(ow, block_w)
-    else:
-        tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * cdiv(size.N, cfg["BLOCK_N"])
-        num_chunks = cdiv(size.red, cfg["BLOCK_K"])
-    split, per_split = split_k(num_chunks, tiles_n * groups)
-    ws = workspace(split, k_, size.N, device=x.device)
-    if cfg["kind"] == "taps":  # channel blocks contiguous: NCHW x or dy read as channels_last copies
+        num_chunks, reduced = n_ * cdiv(oh, rows) * cdiv(ow, block_w), n_
         x, dy = channel_contiguous(x), channel_contiguous(grad_out)
         tensors, go_strides = (dy, dy, dy), (*dy.stride(), *go_strides[4:])
-    args = (x, *tensors, ws, size.red, h, w, oh, ow, k_, cg, size.M, r, s, *pooled_size, per_split,
+    else:
+        tiles_n = cdiv(size.M, cfg["BLOCK_M"]) * cdiv(size.N, cfg["BLOCK_N"])
+        num_chunks, reduced = cdiv(size.red, cfg["BLOCK_K"]), size.red
+    split, per_split = split_k(num_chunks, tiles_n * groups)
+    ws = workspace(split, k_, size.N, device=x.device)
+    args = (x, *tensors, ws, reduced, h, w, oh, ow, k_, cg, size.M, r, s, *pooled_size, per_split,
             *stride, *padding, *dilation, *x.stride(), *go_strides)
     common = dict(**pool_consts, **dot_args(x.dtype, allow_tf32), INT64=needs_int64(x, *tensors, ws),
                   BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
                   num_stages=cfg["num_stages"])
-    if cfg["kind"] == "taps":
-        args = (*args[:5], n_, *args[6:])  # the reduction steps over images, not pixels
+    if taps:
         _conv2d_weight_grad_taps_kernel[(tiles_n, split, groups)](*args, **common, ROWS=rows, BLOCK_W=block_w)
     else:
         _conv2d_weight_grad_kernel[(tiles_n, split, groups)](*args, C_INNER=channels_inner(x), **common,
