@@ -3,12 +3,17 @@
 Everything about arguments lives here, once: ints versus tuples, 'same' and 'valid', output sizes,
 unbatched input, autocast, memory format and the error messages (worded like PyTorch's). Backends
 receive normalised arguments and trust them.
+
+A call already judged for stock PyTorch (``tune.STOCK_CALLS``) goes to stock PyTorch first thing,
+with its arguments as given: it was checked when it was judged, and its key holds everything the
+checks and the judgement read.
 """
 import torch
 import torch.nn.functional as F
 
 from . import backends, ops, tune
 from .ops import is_channels_last, run_conv2d, run_conv_relu_maxpool2d, run_max_pool2d, wants_grad
+from .ops._common import _PLAIN, _differentiated_forward
 
 __all__ = ["conv2d", "max_pool2d", "conv_relu_maxpool2d"]
 
@@ -152,15 +157,42 @@ def _check_pool_input(x, op):
                          f"input, but got: {list(x.shape)}")
 
 
-def _measured(name: str, launches, stock, ours, *inputs) -> str:
+def _shortcut(op: str, backend, tensors, params):
+    """The call's key in ``tune.STOCK_CALLS`` and whether it is there. The key: the op, the backend
+    asked for, grad mode, the settings "auto" reads, and each tensor's shape, strides, dtype, device
+    and ``requires_grad`` with the other arguments as given. None (not there) where the call takes the
+    full path whatever was judged: under torch.compile, autocast, torch.func transforms or
+    forward-mode AD, on tensor subclasses, or with an argument that cannot be a key (a list)."""
+    if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or _differentiated_forward():
+        return None, False
+    key = [op, backends._current() if backend is None else backend, torch.is_grad_enabled(),
+           torch.are_deterministic_algorithms_enabled(), torch._C._get_cudnn_allow_tf32(), params]
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) in _PLAIN:
+            key.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
+        else:
+            return None, False
+    key = tuple(key)
+    try:
+        return key, key in tune.STOCK_CALLS
+    except TypeError:
+        return None, False
+
+
+def _measured(name: str, launches, stock, ours, *inputs, shortcut=None) -> str:
     """The backend that runs the call: under "auto" the tuner's answer for it ("torch": stock PyTorch,
     exactly as if cnnfast were not there; "auto": the tuner's choice per direction; or one kernel
     backend for the whole call), else ``name``. ``launches()``: the op module's ``launches``;
     ``stock(*inputs)`` and ``ours(backend, *inputs)``: the call in stock PyTorch and on a backend,
-    which the tuner times against each other."""
+    which the tuner times against each other. A call that runs on stock PyTorch for good is entered
+    under ``shortcut`` (``_shortcut``) for its next calls."""
+    if name == "torch" and shortcut is not None:
+        tune.STOCK_CALLS[shortcut] = True
     if name != "auto" or torch.compiler.is_compiling():
         return name
-    return tune.backend_for_call(*launches(), stock, ours, inputs)
+    return tune.backend_for_call(*launches(), stock, ours, inputs, shortcut)
 
 
 # --- public functions --------------------------------------------------------------------------
@@ -168,6 +200,9 @@ def _measured(name: str, launches, stock, ours, *inputs) -> str:
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
     """``torch.nn.functional.conv2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
     op = "conv2d"
+    shortcut, stock_call = _shortcut(op, backend, (input, weight, bias), (stride, padding, dilation, groups))
+    if stock_call:
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     x, unbatched = _batched(input, op)
     backend = _on_meta(backend, x)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
@@ -177,7 +212,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     pad_ = padding if isinstance(padding, str) else pad
     stock = lambda a, w, b: F.conv2d(a, w, b, stride_, pad_, dilation_, groups)  # noqa: E731
     name = _measured(backends.resolve(backend, op, x), lambda: ops.conv2d.launches(*args), stock,
-                     lambda on, a, w, b: run_conv2d(a, w, b, *args[3:], on), x, weight, bias)
+                     lambda on, a, w, b: run_conv2d(a, w, b, *args[3:], on), x, weight, bias, shortcut=shortcut)
     if name == "torch":
         out = stock(x, weight, bias)
     else:
@@ -189,6 +224,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                *, backend=None):
     """``torch.nn.functional.max_pool2d`` on cnnfast's kernels. ``backend``: see ``cnnfast.backends``."""
     op = "max_pool2d"
+    shortcut, stock_call = _shortcut(op, backend, (input,),
+                                     (kernel_size, stride, padding, dilation, ceil_mode, return_indices))
+    if stock_call:
+        return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                            return_indices=return_indices)
     x, unbatched = _batched(input, op)
     backend = _on_meta(backend, x)
     _check_pool_input(x, op)
@@ -200,7 +240,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                                    return_indices=return_indices)
     name = _measured(backends.resolve(backend, op, x),
                      lambda: ops.max_pool2d.launches(*args, with_indices=with_indices), stock,
-                     lambda on, a: run_max_pool2d(a, *args[1:], on, with_indices=with_indices), x)
+                     lambda on, a: run_max_pool2d(a, *args[1:], on, with_indices=with_indices), x,
+                     shortcut=shortcut)
     if name == "torch":
         result = stock(x)
     else:
@@ -220,6 +261,12 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     per pooled output (the window position of its maximum).
     """
     op = "conv_relu_maxpool2d"
+    shortcut, stock_call = _shortcut(op, backend, (input, weight, bias),
+                                     (stride, padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
+                                      pool_dilation, pool_ceil_mode))
+    if stock_call:
+        return F.max_pool2d(F.relu(F.conv2d(input, weight, bias, stride, padding, dilation, groups)),
+                            pool_kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode=pool_ceil_mode)
     x, unbatched = _batched(input, op)
     backend = _on_meta(backend, x)
     x, weight, bias = _autocast(x.device.type, x, weight, bias)
@@ -235,7 +282,7 @@ def conv_relu_maxpool2d(input, weight, bias=None, stride=1, padding=0, dilation=
     name = _measured(backends.resolve(backend, op, x),
                      lambda: ops.conv_relu_maxpool2d.launches(*args, with_pos=with_pos), stock,
                      lambda on, a, w, b: run_conv_relu_maxpool2d(a, w, b, *args[3:], on, with_pos=with_pos),
-                     x, weight, bias)
+                     x, weight, bias, shortcut=shortcut)
     if name == "torch":
         out = stock(x, weight, bias)
     else:

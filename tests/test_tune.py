@@ -1,5 +1,6 @@
 """The tuner: the "torch" backend's launchers, choices made by a fake timer, candidates that disagree,
 the cache on disk, where it must not tune, deterministic mode and the fused op's state."""
+import contextlib
 import json
 import multiprocessing
 import subprocess
@@ -310,6 +311,141 @@ def test_a_backend_that_disagreed_in_one_direction_never_runs_the_whole_call(tun
             y = cf.conv2d(x, weight, bias, padding=1, backend="auto")
     assert not _confirmations()            # stock was the only whole-call candidate left
     assert "Convolution" in type(y.grad_fn).__name__
+
+
+# --- the shortcut: a call judged for stock PyTorch goes to it first thing ------------------------------
+
+def _full_calls(monkeypatch):
+    """A counter of the front end's calls that took the full path (every op's starts with ``_batched``)."""
+    count, real = [0], cf._batched
+
+    def spy(*args):
+        count[0] += 1
+        return real(*args)
+    monkeypatch.setattr(cf, "_batched", spy)
+    return count
+
+
+def _shortcut_cases():
+    """(op in cnnfast.functional, the same call in stock PyTorch, inputs maker) per op."""
+    conv = lambda f, a, b, c: f.conv2d(a, b, c, 1, 1)  # noqa: E731
+    fused = lambda a, b, c: F.max_pool2d(F.relu(F.conv2d(a, b, c, 1, 1)), 2)  # noqa: E731
+    return {
+        "conv2d": (lambda a, b, c, **kw: cf.conv2d(a, b, c, 1, 1, **kw), lambda a, b, c: conv(F, a, b, c),
+                   lambda grad: _conv_inputs(grad)),
+        "max_pool2d": (lambda a, **kw: cf.max_pool2d(a, 3, 2, 1, return_indices=True, **kw),
+                       lambda a: F.max_pool2d(a, 3, 2, 1, return_indices=True),
+                       lambda grad: (torch.randn(2, 5, 9, 7, requires_grad=grad),)),
+        "conv_relu_maxpool2d": (lambda a, b, c, **kw: cf.conv_relu_maxpool2d(a, b, c, 1, 1, **kw), fused,
+                                lambda grad: _conv_inputs(grad, h=12, w=12)),
+    }
+
+
+@needs_cpu
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "conv_relu_maxpool2d"])
+def test_a_call_confirmed_for_stock_pytorch_goes_to_it_without_the_full_path(tuner, monkeypatch, op, grad):
+    """cpu slower in every direction: stock PyTorch is chosen, and once the judgement is confirmed
+    the front end hands the call to stock PyTorch before any of its own work; the result is stock
+    PyTorch's, bit for bit, with its autograd graph."""
+    speeds, calls = tuner
+    speeds["cpu"] = 2.0
+    ours, stock, make = _shortcut_cases()[op]
+    inputs = make(grad)
+    full = _full_calls(monkeypatch)
+    judged = tune.CONFIRM_AFTER + 2       # judged, confirmed CONFIRM_AFTER calls later, entered at the next
+    for _ in range(judged):
+        ours(*inputs, backend="auto")
+    assert full[0] == judged and len(tune.STOCK_CALLS) == 1
+    timed = len(calls)
+    for _ in range(3):
+        out = ours(*inputs, backend="auto")
+    assert full[0] == judged and len(calls) == timed
+    out, ref = (out, stock(*inputs)) if isinstance(out, tuple) else ((out,), (stock(*inputs),))
+    for o, r in zip(out, ref):
+        assert torch.equal(o, r)
+    if grad:
+        assert type(out[0].grad_fn) is type(ref[0].grad_fn)
+
+
+@needs_cpu
+def test_the_shortcut_is_taken_only_for_the_call_that_was_judged(tuner, monkeypatch):
+    """Every argument and setting the judgement read is in the key: a call that differs in one of them
+    takes the full path (its checks, its own judgement), and clearing the choices empties the shortcut."""
+    speeds, _ = tuner
+    speeds["cpu"] = 2.0
+    x, weight, bias = _conv_inputs()
+    full = _full_calls(monkeypatch)
+    # Judged at the first call, confirmed CONFIRM_AFTER calls later, entered at the next: the rest
+    # take the shortcut.
+    judged, runs = tune.CONFIRM_AFTER + 2, tune.CONFIRM_AFTER + 4
+
+    def full_path(fn):
+        before = full[0]
+        for _ in range(runs):
+            fn()
+        return full[0] - before
+
+    def call(a=x, w=weight, b=bias, padding=1):
+        return cf.conv2d(a, w, b, 1, padding, backend="auto")
+    assert full_path(call) == judged
+    assert full_path(call) == 0
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def on_stock_by_default():
+        with backends.use("torch"):
+            return cf.conv2d(x, weight, bias, 1, 1)
+    variants = {
+        "grad mode": (lambda: torch.no_grad()(call)(), judged),
+        "batch": (lambda: call(x[:1]), judged),
+        "strides": (lambda: call(x_cl), judged),
+        "requires_grad": (lambda: call(w=weight.detach()), judged),
+        "no bias": (lambda: call(b=None), judged),
+        "padding": (lambda: call(padding=(1, 0)), judged),
+        "float64": (lambda: call(x.double(), weight.double(), bias.double()), 1),   # stock anyway: entered at once
+        "deterministic": (lambda: _deterministic()(call)(), judged),
+        "default backend": (on_stock_by_default, 1),
+        "a list (no key)": (lambda: call(padding=[1, 1]), runs),
+        "autocast": (lambda: torch.autocast("cpu", dtype=torch.bfloat16)(call)(), runs),
+    }
+    for name, (fn, expected) in variants.items():
+        assert full_path(fn) == expected, name
+    assert full_path(call) == 0
+    with pytest.raises(ValueError, match="expected bias to be 1-dimensional with 6 elements"):
+        call(b=bias[:-1])                                 # a shape never judged is checked
+    with pytest.raises(TypeError, match="padding must be an int or a tuple of two ints"):
+        call(padding=1.5)                                 # a value never judged is checked
+    # Forgetting the choices empties the shortcut; enable() empties it too, and the call, still
+    # judged, is entered again at its next call.
+    for forget, expected in ((tune.clear, judged), (lambda: tune.enable(True), 1)):
+        forget()
+        assert not tune.STOCK_CALLS
+        assert full_path(call) == expected
+
+
+class _deterministic(contextlib.ContextDecorator):
+    def __enter__(self):
+        self._previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self._previous)
+        return False
+
+
+@needs_cpu
+def test_the_shortcut_is_not_taken_inside_a_labelled_layer(tuner, monkeypatch):
+    """``cnnfast tune`` lists every labelled call's choices, so a labelled call takes the full path."""
+    speeds, _ = tuner
+    speeds["cpu"] = 2.0
+    x, weight, bias = _conv_inputs()
+    full = _full_calls(monkeypatch)
+    for _ in range(tune.CONFIRM_AFTER + 2):
+        cf.conv2d(x, weight, bias, backend="auto")
+    before, listed = full[0], len(tune.decisions())
+    with tune.layer("conv"):
+        cf.conv2d(x, weight, bias, backend="auto")
+    assert full[0] == before + 1 and len(tune.decisions()) > listed
 
 
 @needs_cpu

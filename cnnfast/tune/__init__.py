@@ -39,7 +39,8 @@ from .. import backends
 from .._outputs import FUSED_STATE
 from . import cache, space
 
-__all__ = ["enabled", "enable", "dispatch", "backend_for_call", "decisions", "clear", "layer", "Decision"]
+__all__ = ["enabled", "enable", "dispatch", "backend_for_call", "decisions", "clear", "layer", "Decision",
+           "STOCK_CALLS"]
 
 # A kernel must beat stock PyTorch by this fraction of its time to be chosen over it; a training call
 # (forward and gradients) leaves stock PyTorch only if its choices together beat stock PyTorch's own
@@ -70,6 +71,7 @@ def enable(flag: bool = True) -> None:
     """Measure choices from now on (or, with False, keep the heuristic for every case not yet chosen)."""
     global _ENABLED
     _ENABLED = bool(flag)
+    STOCK_CALLS.clear()   # "auto" no longer resolves the same way
 
 
 def _verbose() -> bool:
@@ -100,6 +102,13 @@ _CALLS = {}            # forward key + gradients wanted -> (backend, direction k
 _PENDING = {}          # the same keys -> calls left before the call's judgement is confirmed
 _AGREED = {}           # direction key -> the backends that agreed with stock PyTorch on it
 _LAYER = [None]
+# Calls judged for stock PyTorch for good, under the front end's key for the raw call (every argument
+# and setting the judgement depended on: ``cnnfast.functional._shortcut``). The front end hands such a
+# call to stock PyTorch before doing anything else, so that all cnnfast costs it is building that key
+# and one lookup: the interpreter's own work between two calls of a layer that fits in the caches
+# slows the next call by a multiple of that work's time. Filled by ``backend_for_call`` (a confirmed
+# judgement) and by the front end (a call whose backend is "torch" anyway); emptied with every choice.
+STOCK_CALLS = {}
 # The fused op's state each forward output's pos was written in (read by its backward's candidates).
 _STATE_OF = weakref.WeakKeyDictionary()
 
@@ -127,6 +136,7 @@ class layer:
 
     def __enter__(self):
         self._previous, _LAYER[0] = _LAYER[0], self.name
+        STOCK_CALLS.clear()   # a labelled call is listed, so it takes the full path
 
     def __exit__(self, *exc):
         _LAYER[0] = self._previous
@@ -404,11 +414,12 @@ def _forget_choices() -> None:
     _CHOICES.clear()
     _MADE.clear()
     _CALLS.clear()
+    STOCK_CALLS.clear()
     _PENDING.clear()
     _AGREED.clear()
 
 
-def backend_for_call(forward, gradients, stock, ours, inputs) -> str:
+def backend_for_call(forward, gradients, stock, ours, inputs, shortcut=None) -> str:
     """Under "auto": the backend one call runs on. ``forward`` is its forward launch ``(launcher,
     args, kwargs)``, ``gradients()`` lists the gradient launches its backward will make (the same
     form; called only the first time), ``stock(*inputs)`` runs the call in stock PyTorch and
@@ -420,10 +431,13 @@ def backend_for_call(forward, gradients, stock, ours, inputs) -> str:
     computes every gradient, and per-direction timings miss that. Every judgement is provisional:
     ``CONFIRM_AFTER`` calls later, the call is timed whole once more on stock PyTorch, on the choices
     and on each kernel backend that agreed with stock in every direction (``_confirm``), and the
-    fastest stands, stock PyTorch unless beaten by ``PLAN_MARGIN``."""
+    fastest stands, stock PyTorch unless beaten by ``PLAN_MARGIN``. A call judged for stock PyTorch
+    once that is done is entered in ``STOCK_CALLS`` under ``shortcut`` (the front end's key for it;
+    None: not to be entered)."""
     launcher, args, kwargs = forward
-    wants = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-    key = (_key(launcher, "auto", args, kwargs), wants)
+    wanted = tuple(isinstance(a, torch.Tensor) and a.requires_grad for a in args) if torch.is_grad_enabled() else ()
+    wants = any(wanted)
+    key = (_key(launcher, "auto", args, kwargs), wanted if wants else ())   # which gradients: a call of its own
     known = _CALLS.get(key)
     if known is not None:
         if _LAYER[0] is not None:
@@ -438,6 +452,8 @@ def backend_for_call(forward, gradients, stock, ours, inputs) -> str:
             elif _may_tune(args, _device(args)):
                 del _PENDING[key]
                 known = _CALLS[key] = _confirm(known, wants, stock, ours, inputs, _device(args))
+        elif known[0] == "torch" and shortcut is not None and _LAYER[0] is None:
+            STOCK_CALLS[shortcut] = True
         return known[0]
     device = _device(args)
     if not _may_tune(args, device):
