@@ -27,8 +27,8 @@ def tune_configs(launcher: str, args, kwargs):
         return [i for i, c in enumerate(conv.FORWARD_CONFIGS)
                 if (c["kind"] != "direct" or short) and (c["kind"] != "taps" or i in taps)]
     if launcher == "conv2d_input_grad":
-        grad_out, weight, stride, groups = args[0], args[1], args[3], args[6]
-        taps = conv.input_grad_taps(conv.INPUT_GRAD_CONFIGS, grad_out, weight.shape[0] // groups, stride,
+        grad_out, weight, stride, dilation, groups = args[0], args[1], args[3], args[5], args[6]
+        taps = conv.input_grad_taps(conv.INPUT_GRAD_CONFIGS, grad_out, weight.shape[0] // groups, stride, dilation,
                                     kwargs.get("allow_tf32", False))
         return [i for i, c in enumerate(conv.INPUT_GRAD_CONFIGS) if c["kind"] != "taps" or i in taps]
     if launcher == "conv2d_weight_grad":

@@ -106,22 +106,43 @@ def test_every_conv2d_weight_grad_config(config, dtype):
     assert_matches(out, ref, dtype)
 
 
-@pytest.mark.parametrize("kernel, padding", [(3, 1), (1, 0), (2, 0)], ids=["3x3 pad 1", "1x1", "2x2"])
+STRIDED = {
+    # ResNet's strided layers: 3x3 stride 2 pad 1, and the 1x1 stride-2 downsample, whose odd rows and
+    # columns get no gradient at all (three of its four phases reached by no tap)
+    "3x3 s2 pad 1": dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1)),
+    "1x1 s2": dict(kernel=(1, 1), stride=(2, 2), padding=(0, 0), dilation=(1, 1)),
+    # an even kernel; stride 3 with asymmetric padding (three phases per axis, unequal in size)
+    "2x2 s2": dict(kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)),
+    "3x3 s3 pad 0,1": dict(kernel=(3, 3), stride=(3, 3), padding=(0, 1), dilation=(1, 1)),
+    # phases along one axis, dilation along the other
+    "3x3 s(2,1) d(1,2)": dict(kernel=(3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    # stride and dilation both above 1 along an axis: no phases (a forced taps config masks the taps)
+    "3x3 s2 d2": dict(kernel=(3, 3), stride=(2, 2), padding=(2, 2), dilation=(2, 1)),
+}
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("geometry", list(STRIDED), ids=list(STRIDED))
 @pytest.mark.parametrize("config", _configs("conv2d_input_grad"))
-def test_every_conv2d_input_grad_config_at_stride_2(config, kernel, padding):
-    """ResNet's strided layers (3x3 stride 2 pad 1, the 1x1 stride-2 downsample, whose odd rows and
-    columns get no gradient at all) and an even kernel, odd image sizes, channels_last: every input
-    cell written, with every config (the taps ones forced: the heuristic keeps them for stride 1)."""
+def test_every_conv2d_input_grad_config_at_a_stride(config, geometry, layout):
+    """Strided layers, odd image sizes, both layouts: every input cell written, with every config (the
+    taps ones by phases where the stride allows, ``by_phases``), float16 and, in channels_last,
+    float32 with TF32 (the taps configs' FP32 variants)."""
     from cnnfast.kernels import conv2d_input_grad
-    cl = torch.channels_last
+    g_ = dict(STRIDED[geometry])
+    kernel = g_.pop("kernel")
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x64 = rand(2, 40, 9, 7).double().requires_grad_()
-    w = rand(48, 40, kernel, kernel, dtype=torch.float16).to(memory_format=cl)
-    y64 = F.conv2d(x64, w.double(), stride=2, padding=padding)
+    w = rand(48, 40, *kernel)
+    y64 = F.conv2d(x64, w.double(), **g_)
     g = torch.randn_like(y64)
     (ref,) = torch.autograd.grad(y64, x64, g)
-    got = conv2d_input_grad(g.half().contiguous(memory_format=cl), w, (9, 7), (2, 2), (padding, padding), (1, 1), 1,
-                            channels_last=True, config=config)
-    assert_matches(got, ref, torch.float16)
+    for dtype in (torch.float16, torch.float32) if layout == "channels_last" else (torch.float16,):
+        got = conv2d_input_grad(g.to(dtype).contiguous(memory_format=fmt), w.to(dtype).contiguous(memory_format=fmt),
+                                (9, 7), g_["stride"], g_["padding"], g_["dilation"], 1,
+                                channels_last=layout == "channels_last", config=config, allow_tf32=True)
+        assert got.is_contiguous(memory_format=fmt)
+        assert_matches(got, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

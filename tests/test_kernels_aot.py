@@ -107,19 +107,22 @@ def test_resident_warps_are_limited_by_registers_shared_memory_and_slots():
 # whose forward kernels compile to 2-byte loads with unspecialised integers and to 16-byte cp.async as the
 # JIT compiles them.
 _RESNET_LAYER1 = "resnet18/layer1.0.conv1 ×4/"
+# ResNet-18 layer2's first 3x3 conv (64 -> 128, stride 2): its input gradient runs by phases.
+_RESNET_STRIDED = "resnet18/layer2.0.conv1/"
 _CALL_ARGS = ["--arch", "90", "--dtype", "bfloat16", "--layout", "channels_last", "--direction", "fwd+bwd"]
 
 
 @pytest.fixture(scope="module")
 def call_report(tmp_path_factory):
     """Rows of the call view, from child processes: the Net's blocks (batch 64) and ResNet-18's layer1
-    3x3 conv (batch 32), training, bfloat16 channels_last, sm_90, each launcher's own config; and that
-    conv's forward with every config, bfloat16 and TF32, sm_80 and sm_90."""
+    3x3 conv and layer2's strided one (batch 32), training, bfloat16 channels_last, sm_90, each
+    launcher's own config; and the layer1 conv's forward with every config, bfloat16 and TF32, sm_80
+    and sm_90."""
     tmp = tmp_path_factory.mktemp("aot-calls")
     rows = []
     resnet = ["--suite", "resnet18", "--batch", "32", "--case", _RESNET_LAYER1]
     for name, argv in (("net", [*_CALL_ARGS, "--heuristic", "--suite", "net", "--batch", "64"]),
-                       ("resnet", [*_CALL_ARGS, "--heuristic", *resnet]),
+                       ("resnet", [*_CALL_ARGS, "--heuristic", *resnet, "--case", _RESNET_STRIDED]),
                        # every forward config the tuner may time there, the taps kernel's included
                        ("resnet-configs", ["--arch", "80", "90", "--dtype", "bfloat16,tf32", "--layout",
                                            "channels_last", "--direction", "fwd", *resnet])):
@@ -168,17 +171,21 @@ def test_taps_forward_meets_its_machine_code_targets_on_sm_90(call_report):
         assert r["resident_warps"] >= 8, f"{where}: {r['resident_warps']} warps per SM"
 
 
-def test_taps_gradients_are_the_heuristics_choice_and_meet_the_targets_on_sm_90(call_report):
-    """ResNet-18 layer1's 3x3 conv in bfloat16 channels_last, training: the launchers' own choice for the
-    input and weight gradients is the taps kernel, at most 48 instructions per 64-column HGMMA, 16-byte
-    cp.async only, at least 8 warps per SM."""
+@pytest.mark.parametrize("case, input_grad", [(_RESNET_LAYER1, "_conv2d_input_grad_taps_kernel"),
+                                               (_RESNET_STRIDED, "_conv2d_input_grad_phases_kernel")],
+                         ids=["stride 1", "stride 2"])
+def test_taps_gradients_are_the_heuristics_choice_and_meet_the_targets_on_sm_90(call_report, case, input_grad):
+    """ResNet-18's 3x3 convs in bfloat16 channels_last, training: the launchers' own choice for the input
+    gradient is the taps kernel (at stride 2 by phases) and for the weight gradient the taps kernel,
+    at most 48 instructions per 64-column HGMMA, 16-byte cp.async only, at least 8 warps per SM."""
     rows, _ = call_report
-    grads = [r for r in rows if r["case"].startswith(_RESNET_LAYER1) and r["config"] is None
+    grads = [r for r in rows if r["case"].startswith(case) and r["config"] is None
              and r["launcher"] in ("conv2d_input_grad", "conv2d_weight_grad") and "reduce" not in r["kernel"]]
     assert {r["launcher"] for r in grads} == {"conv2d_input_grad", "conv2d_weight_grad"}, grads
     for r in grads:
         loop, where = r["main_loop"], f"{r['launcher']} {r['kernel']}"
-        assert r["kernel"].endswith("_taps_kernel"), where
+        assert r["kernel"] == (input_grad if r["launcher"] == "conv2d_input_grad" else
+                               "_conv2d_weight_grad_taps_kernel"), where
         assert loop["hgmma_units"] > 0 and loop["per_tc"] <= 48, f"{where}: {loop}"
         assert set(loop["loads"]) == {"LDGSTS.16"}, f"{where}: {loop['loads']}"
         assert r["resident_warps"] >= 8 and not r["problems"], f"{where}: {r}"

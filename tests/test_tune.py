@@ -674,21 +674,24 @@ def test_the_taps_gradients_are_candidates_only_where_they_serve():
     from cnnfast.kernels.conv2d import configs
     cl = torch.channels_last
 
-    def taps(launcher, dtype, stride=(1, 1), channels_last=True):
+    def taps(launcher, dtype, stride=(1, 1), channels_last=True, dilation=(1, 1)):
         dy = torch.randn(2, 64, 6, 6, dtype=dtype)
         x = torch.randn(2, 64, 6 * stride[0], 6 * stride[1], dtype=dtype)
         if channels_last:
             dy, x = dy.to(memory_format=cl), x.to(memory_format=cl)
         w = torch.randn(64, 64, 3, 3, dtype=dtype).to(memory_format=cl)
         if launcher == "conv2d_input_grad":
-            args, table = (dy, w, tuple(x.shape[2:]), stride, (1, 1), (1, 1), 1), configs.INPUT_GRAD_CONFIGS
+            args, table = (dy, w, tuple(x.shape[2:]), stride, (1, 1), dilation, 1), configs.INPUT_GRAD_CONFIGS
         else:
             args, table = (x, dy, tuple(w.shape), stride, (1, 1), (1, 1), 1), configs.WEIGHT_GRAD_CONFIGS
         found = space._triton_configs(launcher, args, {"allow_tf32": True})
         return {i for i in found if table[i]["kind"] == "taps"}
 
     assert taps("conv2d_input_grad", torch.bfloat16)
-    assert not taps("conv2d_input_grad", torch.bfloat16, stride=(2, 2))   # would multiply the zeros between
+    assert taps("conv2d_input_grad", torch.bfloat16, stride=(2, 2))       # by phases
+    assert taps("conv2d_input_grad", torch.bfloat16, stride=(2, 1), dilation=(1, 2))
+    # stride and dilation above 1 along one axis: the taps kernel would multiply the zeros between
+    assert not taps("conv2d_input_grad", torch.bfloat16, stride=(2, 2), dilation=(2, 1))
     assert taps("conv2d_input_grad", torch.float32)                       # TF32
     assert taps("conv2d_weight_grad", torch.bfloat16)
     assert not taps("conv2d_weight_grad", torch.float32)                  # TF32 wgmma wants pixels contiguous

@@ -62,11 +62,14 @@ INPUT_GRAD_CONFIGS = [
     # C/groups > 32
     dict(kind="gemm", BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
     # taps (as the forward's: filter taps outer, contiguous blocks of dy's channels inner),
-    # K/groups >= 32 and C/groups > 32, stride 1 (input_grad_taps), dy read channels_last; FP32 as in
-    # FORWARD_CONFIGS. Triton 3.6 spills it in three stages on sm_80 in bfloat16 (12 B) and runs it at
-    # 50.5 instructions per wgmma in two on sm_90 (47.2 in three): PRE_SM90 takes two below sm_90.
+    # K/groups >= 32 and C/groups > 32, at stride 1 or by phases at a stride (input_grad_taps,
+    # by_phases), dy read channels_last; FP32 as in FORWARD_CONFIGS. Triton 3.6 spills it on sm_80 in
+    # bfloat16 (12 B in three stages; by phases 8 B in two), so PRE_SM90 halves its BLOCK_K below
+    # sm_90 (156-168 registers, 12 warps per SM; on sm_90 two stages would cost 50.5 instructions per
+    # wgmma, three 47.2).
     dict(kind="taps", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3,
-         PRE_SM90=dict(num_stages=2) if TRITON_VERSION < (3, 8) else None, FP32=dict(BLOCK_K=32, num_stages=3)),
+         PRE_SM90=dict(BLOCK_K=32, num_stages=3) if TRITON_VERSION < (3, 8) else None,
+         FP32=dict(BLOCK_K=32, num_stages=3)),
     dict(kind="taps", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, FP32=None),
 ]
 
@@ -121,12 +124,20 @@ def taps_candidates(configs, t, channels: int, allow_tf32: bool) -> list:
             if c.get("kind") == "taps" and (not fp32 or c["FP32"] is not None)]
 
 
-def input_grad_taps(configs, grad_out, kg: int, stride, allow_tf32: bool) -> list:
-    """The taps configs that suit an input gradient (``taps_candidates`` over dy's channels), for
-    stride 1 only: at stride s it would multiply the zeros between dy's rows and columns as the gemm
-    kernel does (s² times the work), and its registers spilled there on sm_80. ``grad_out`` None (dy
-    rebuilt from the fused op's pooled gradient, element by element): none."""
-    if grad_out is None or tuple(stride) != (1, 1):
+def by_phases(stride, dilation) -> bool:
+    """Whether a taps config runs an input gradient by phases (``_conv2d_input_grad_phases_kernel``):
+    at a stride above 1, along each such axis at dilation 1 (there one tap in s reaches a pixel of a
+    phase, the same for every pixel of it). Elsewhere the taps kernel runs it: at stride 1 every tap
+    reaches every pixel; with stride and dilation both above 1 it masks the unreached taps."""
+    return tuple(stride) != (1, 1) and all(st == 1 or d == 1 for st, d in zip(stride, dilation))
+
+
+def input_grad_taps(configs, grad_out, kg: int, stride, dilation, allow_tf32: bool) -> list:
+    """The taps configs that suit an input gradient (``taps_candidates`` over dy's channels): at stride
+    1, or by phases (``by_phases``); not with stride and dilation both above 1 along an axis, where
+    the taps kernel would multiply the zeros between dy's rows and columns as the gemm kernel does.
+    ``grad_out`` None (dy rebuilt from the fused op's pooled gradient, element by element): none."""
+    if grad_out is None or (tuple(stride) != (1, 1) and not by_phases(stride, dilation)):
         return []
     return taps_candidates(configs, grad_out, kg, allow_tf32)
 

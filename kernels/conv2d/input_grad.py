@@ -5,7 +5,7 @@ import triton.language as tl
 
 from .._common import (cdiv, channel_contiguous, channels_inner, choose_config, dot_args, mma,
                        needs_int64, new_empty, pixel_tile, program_ids, reduction_tile, tap_block, target_arch)
-from .configs import INPUT_GRAD_CONFIGS, choose_input_grad, input_grad_taps, taps_variant
+from .configs import INPUT_GRAD_CONFIGS, by_phases, choose_input_grad, input_grad_taps, taps_variant
 from .gemm import INPUT_GRAD, ConvProblem, implicit_gemm_problem_size
 from .grad_out import aot_specs_per_source, grad_source, load_grad_out
 
@@ -109,6 +109,73 @@ def _conv2d_input_grad_taps_kernel(
     tl.store(gi_ptrs, acc.to(gi_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _conv2d_input_grad_phases_kernel(
+    go_ptr, gp_ptr, pos_ptr, w_ptr, gi_ptr,
+    M, H, W, HP, WP, OH, OW, Cg, Kg, R, S, PH, PW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    s_gon, s_gok, s_goh, s_gow, s_gpn, s_gpk, s_gph, s_gpw, s_pn, s_pk, s_ph, s_pw,
+    s_wk, s_wc, s_wr, s_ws, s_in, s_ic, s_ih, s_iw,
+    POOL: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PPH: tl.constexpr, PPW: tl.constexpr, PDH: tl.constexpr, PDW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # The taps kernel's implicit GEMM at a stride, by phases: no zero between dy's rows and columns
+    # is multiplied. Input pixels are grouped by phase (h mod sh, w mod sw) (grid axis 2: group x
+    # phase), and program (pid_m, pid_n) owns BLOCK_M pixels h = ph + sh*i, w = pw + sw*j of one
+    # phase, i < HP = ceil(H/sh), j < WP. A tap r reaches such a pixel from dy row
+    # oh = i + (ph + pt - r*dh)/sh exactly when that division is exact: with dh = 1 on an axis of
+    # stride above 1 (the launcher sends no other) those are r = r0 + t*sh, r0 = (ph + pt) mod sh, the
+    # same for every pixel of the phase, and oh steps by -dh from tap to tap. The loop runs over those
+    # taps (outer) and blocks of BLOCK_K contiguous output channels of dy (inner), flattened, with
+    # scalar index arithmetic and no division; a pixel row's source position and mask are one value
+    # per row. A phase no tap reaches (a 1x1 filter at stride 2: three of four) writes zeros.
+    pid_m, pid_n, gq = program_ids(INT64)
+    phases = stride_h * stride_w
+    g = gq // phases
+    q = gq - g * phases
+    ph = q // stride_w
+    pw = q - ph * stride_w
+
+    n, i, j, mask_m = pixel_tile(pid_m * BLOCK_M, M, HP, WP, BLOCK_M)
+    ih = ph + i * stride_h
+    iw = pw + j * stride_w
+    mask_m = mask_m & (ih < H) & (iw < W)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Cg
+    cin = g * Cg + offs_n
+
+    r0 = (ph + pad_h) % stride_h
+    s0 = (pw + pad_w) % stride_w
+    taps_s = tl.maximum(tl.cdiv(S - s0, stride_w), 0)
+    taps = tl.maximum(tl.cdiv(R - r0, stride_h), 0) * taps_s
+    # The t-th reaching tap's dy row: oh = i + (ph + pt - r0*dh)/sh - t*dh (exact: dh = 1 where sh > 1),
+    # so the loop divides nothing.
+    base_h = i + (ph + pad_h - r0 * dil_h) // stride_h
+    base_w = j + (pw + pad_w - s0 * dil_w) // stride_w
+    k_blocks = tl.cdiv(Kg, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, taps * k_blocks):
+        tr, ts, kl = tap_block(step, k_blocks, taps_s, BLOCK_K)
+        r = r0 + tr * stride_h
+        s = s0 + ts * stride_w
+        mask_k = kl < Kg
+        k = g * Kg + kl
+        oh = base_h - tr * dil_h
+        ow = base_w - ts * dil_w
+        mask_a = mask_m & (oh >= 0) & (ow >= 0) & (oh < OH) & (ow < OW)
+        a = load_grad_out(go_ptr, s_gon, s_gok, s_goh, s_gow, gp_ptr, s_gpn, s_gpk, s_gph, s_gpw,
+                          pos_ptr, s_pn, s_pk, s_ph, s_pw, PH, PW, n[:, None], k[None, :], oh[:, None], ow[:, None],
+                          mask_a[:, None] & mask_k[None, :], POOL, PKH, PKW, PSH, PSW, PPH, PPW, PDH, PDW)
+        b = tl.load(w_ptr + (k * s_wk)[:, None] + (r * s_wr + s * s_ws) + (offs_n * s_wc)[None, :],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a.to(b.dtype), b, acc, DOT_PRECISION, DOT_FP32)
+
+    gi_ptrs = gi_ptr + (n * s_in + ih * s_ih + iw * s_iw)[:, None] + (cin * s_ic)[None, :]
+    tl.store(gi_ptrs, acc.to(gi_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
 def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, groups, *,
                       channels_last=False, allow_tf32=False, config=None, pool=None):
     """Gradient of conv2d with respect to its input.
@@ -133,7 +200,7 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
         return gi
     size = implicit_gemm_problem_size(INPUT_GRAD, ConvProblem(n_, groups * cg, h, w, k_, r, s, oh, ow, groups))
     cfg = choose_config(INPUT_GRAD_CONFIGS, config, lambda: choose_input_grad(
-        size, input_grad_taps(INPUT_GRAD_CONFIGS, grad_out, k_ // groups, stride, allow_tf32)))
+        size, input_grad_taps(INPUT_GRAD_CONFIGS, grad_out, k_ // groups, stride, dilation, allow_tf32)))
     grid = (cdiv(size.M, cfg["BLOCK_M"]), cdiv(cg, cfg["BLOCK_N"]), groups)
     w_read = weight
     if cfg["kind"] == "taps":
@@ -155,9 +222,15 @@ def conv2d_input_grad(grad_out, weight, input_size, stride, padding, dilation, g
     common = dict(**pool_consts, **dot_args(weight.dtype, allow_tf32), INT64=needs_int64(*tensors, w_read, gc))
     if cfg["kind"] == "taps":
         tile = taps_variant(cfg, weight.dtype, target_arch() if cfg.get("PRE_SM90") else None)
-        _conv2d_input_grad_taps_kernel[grid](
-            *args, **common, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
-            num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        launch = dict(**common, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K"],
+                      num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        if not by_phases(stride, dilation):
+            _conv2d_input_grad_taps_kernel[grid](*args, **launch)
+        else:
+            hp, wp = cdiv(h, stride[0]), cdiv(w, stride[1])  # the largest phase's rows and columns
+            m = n_ * hp * wp
+            _conv2d_input_grad_phases_kernel[(cdiv(m, tile["BLOCK_M"]), grid[1], groups * stride[0] * stride[1])](
+                *args[:5], m, h, w, hp, wp, *args[8:], **launch)
         if gc is not gi:
             gi.copy_(gc)
     else:
