@@ -24,8 +24,11 @@ def tune_configs(launcher: str, args, kwargs):
         red, kg = weight.shape[1] * weight.shape[2] * weight.shape[3], weight.shape[0] // groups
         short = red <= 64 and kg <= 32
         taps = conv.taps_candidates(conv.FORWARD_CONFIGS, x, weight.shape[1], kwargs.get("allow_tf32", False))
+        few = conv.few_channels_candidates(conv.FORWARD_CONFIGS, x, weight, args[5], groups,
+                                           kwargs.get("allow_tf32", False))
         return [i for i, c in enumerate(conv.FORWARD_CONFIGS)
-                if (c["kind"] != "direct" or short) and (c["kind"] != "taps" or i in taps)]
+                if (c["kind"] != "direct" or short) and (c["kind"] != "taps" or i in taps)
+                and (c["kind"] != "few" or i in few)]
     if launcher == "conv2d_input_grad":
         grad_out, weight, stride, dilation, groups = args[0], args[1], args[3], args[5], args[6]
         taps = conv.input_grad_taps(conv.INPUT_GRAD_CONFIGS, grad_out, weight.shape[0] // groups, stride, dilation,

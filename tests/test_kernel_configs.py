@@ -60,6 +60,45 @@ def test_every_conv2d_forward_config_in_channels_last_with_wide_channel_blocks(c
     assert_matches(out, ref, dtype)
 
 
+FEW_CHANNELS = {
+    # (C, K, kernel, stride, padding (top, left), dilation, H, W): ResNet's stem, scaled down
+    "stem 3->64 7x7 s2 p3": (3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 21, 18),
+    # KernelBench's first AlexNet-style layer, 11x11 stride 4 (16 taps per row, 11 weighted)
+    "3->48 11x11 s4 p2": (3, 48, (11, 11), (4, 4), (2, 2), (1, 1), 27, 30),
+    # four channels exactly; five (padded to 8); a 3x3 at stride 1; dilation along the columns only;
+    # asymmetric padding as 'same' gives an even kernel (the output size says how far it reaches)
+    "4->40 3x3 s1 p1": (4, 40, (3, 3), (1, 1), (1, 1), (1, 1), 9, 7),
+    "5->32 5x5 s(1,2) p(2,1)": (5, 32, (5, 5), (1, 2), (2, 1), (1, 1), 11, 10),
+    "3->32 3x3 d(2,1)": (3, 32, (3, 3), (1, 1), (2, 1), (2, 1), 9, 8),
+    "3->32 4x4 same": (3, 32, (4, 4), (1, 1), (1, 1), (1, 1), 8, 9),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", list(FEW_CHANNELS), ids=list(FEW_CHANNELS))
+def test_few_channels_forward_matches_float64(case, layout):
+    """The few-channels kernel (the "few" configs, channels padded to 4 or 8, one filter row per step)
+    on the layers it serves, float16 and float32 with TF32, with bias, odd sizes, both layouts; the
+    heuristic picks it for them."""
+    from cnnfast.kernels import conv2d_forward
+    from cnnfast.kernels.conv2d import configs
+    c, k, kernel, stride, (pt, pl), dilation, h, w = FEW_CHANNELS[case]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    few = [i for i, cfg in enumerate(configs.FORWARD_CONFIGS) if cfg["kind"] == "few"]
+    x, wt, b = rand(2, c, h, w), rand(k, c, *kernel), rand(k)
+    xp = F.pad(x.double(), (pl, pl + (1 if case.endswith("same") else 0), pt, pt + (1 if case.endswith("same") else 0)))
+    ref = F.conv2d(xp, wt.double(), b.double(), stride=stride, dilation=dilation)
+    for dtype in (torch.float16, torch.float32):
+        args = (x.to(dtype).contiguous(memory_format=fmt), wt.to(dtype).contiguous(memory_format=fmt), b.to(dtype),
+                stride, (pt, pl), dilation, 1, tuple(ref.shape[2:]))
+        if dilation[1] == 1:
+            assert configs.few_channels_candidates(configs.FORWARD_CONFIGS, args[0], args[1], dilation, 1, True) == few
+        for config in [*few, None]:
+            out = conv2d_forward(*args, channels_last=layout == "channels_last", allow_tf32=True, config=config)
+            assert out.is_contiguous(memory_format=fmt)
+            assert_matches(out, ref, dtype)
+
+
 @pytest.mark.parametrize("config", _configs("conv2d_forward"))
 def test_every_conv2d_forward_config_on_a_strided_1x1_nchw_layer(config):
     """An NCHW 1x1 weight is channels_last-contiguous too, with spatial strides of 1; the taps kernels

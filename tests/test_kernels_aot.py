@@ -109,6 +109,8 @@ def test_resident_warps_are_limited_by_registers_shared_memory_and_slots():
 _RESNET_LAYER1 = "resnet18/layer1.0.conv1 ×4/"
 # ResNet-18 layer2's first 3x3 conv (64 -> 128, stride 2): its input gradient runs by phases.
 _RESNET_STRIDED = "resnet18/layer2.0.conv1/"
+# ResNet-18's stem conv (3 -> 64, 7x7 stride 2): few input channels.
+_RESNET_STEM = "resnet18/conv1/"
 _CALL_ARGS = ["--arch", "90", "--dtype", "bfloat16", "--layout", "channels_last", "--direction", "fwd+bwd"]
 
 
@@ -123,6 +125,9 @@ def call_report(tmp_path_factory):
     resnet = ["--suite", "resnet18", "--batch", "32", "--case", _RESNET_LAYER1]
     for name, argv in (("net", [*_CALL_ARGS, "--heuristic", "--suite", "net", "--batch", "64"]),
                        ("resnet", [*_CALL_ARGS, "--heuristic", *resnet, "--case", _RESNET_STRIDED]),
+                       # ResNet's stem conv (3 -> 64 7x7 stride 2), NCHW as models feed it, inference
+                       ("stem", ["--arch", "90", "--dtype", "bfloat16,tf32", "--layout", "nchw", "--direction", "fwd",
+                                 "--heuristic", "--suite", "resnet18", "--batch", "32", "--case", _RESNET_STEM]),
                        # every forward config the tuner may time there, the taps kernel's included
                        ("resnet-configs", ["--arch", "80", "90", "--dtype", "bfloat16,tf32", "--layout",
                                            "channels_last", "--direction", "fwd", *resnet])):
@@ -186,6 +191,22 @@ def test_taps_gradients_are_the_heuristics_choice_and_meet_the_targets_on_sm_90(
         loop, where = r["main_loop"], f"{r['launcher']} {r['kernel']}"
         assert r["kernel"] == (input_grad if r["launcher"] == "conv2d_input_grad" else
                                "_conv2d_weight_grad_taps_kernel"), where
+        assert loop["hgmma_units"] > 0 and loop["per_tc"] <= 48, f"{where}: {loop}"
+        assert set(loop["loads"]) == {"LDGSTS.16"}, f"{where}: {loop['loads']}"
+        assert r["resident_warps"] >= 8 and not r["problems"], f"{where}: {r}"
+
+
+def test_few_channels_forward_meets_the_targets_on_sm_90_from_nchw(call_report):
+    """ResNet-18's stem conv (3 input channels) from NCHW, bfloat16 and TF32: the launcher's own choice
+    is the few-channels kernel (channels padded to 4, a filter row per step), wgmma fed by 16-byte
+    cp.async only, at most 48 instructions per 64-column HGMMA, at least 8 warps per SM."""
+    rows, _ = call_report
+    stem = [r for r in rows if r["case"].startswith(_RESNET_STEM) and r["launcher"] == "conv2d_forward"
+            and r["kernel"].startswith("_conv2d_forward")]
+    assert {r["dtype"] for r in stem} == {"bfloat16", "tf32"}, stem
+    for r in stem:
+        loop, where = r["main_loop"], f"{r['case']} {r['kernel']}"
+        assert r["kernel"] == "_conv2d_forward_few_channels_kernel", where
         assert loop["hgmma_units"] > 0 and loop["per_tc"] <= 48, f"{where}: {loop}"
         assert set(loop["loads"]) == {"LDGSTS.16"}, f"{where}: {loop['loads']}"
         assert r["resident_warps"] >= 8 and not r["problems"], f"{where}: {r}"

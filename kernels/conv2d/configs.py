@@ -49,6 +49,10 @@ FORWARD_CONFIGS = [
     # taps, same layers with K/groups >= 128, 2-byte types: a 128-column tile halves the A tile loads
     # per output
     dict(kind="taps", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, FP32=None),
+    # few input channels (ResNet's stem 3 -> 64 7x7 stride 2; KernelBench's 3 -> 96 11x11 stride 4):
+    # channels padded to 4 (or 8), one filter row per step, BLOCK_K = its taps x channels
+    # (``few_channels``); on tensor cores, groups 1, dilation 1 along the rows.
+    dict(kind="few", BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, FP32=dict(num_stages=3)),
 ]
 
 # Input gradient: implicit GEMM, M = N·H·W, N = C/groups, reduction over K/groups·R·S.
@@ -149,13 +153,34 @@ def widest_taps(configs, taps, extent: int, key: str = "BLOCK_N"):
     return max(fitting, key=lambda i: configs[i][key]) if fitting else None
 
 
-def choose_forward(size: GemmSize, taps=()) -> int:
+def few_channels(x, weight, dilation, groups) -> int:
+    """The channel count a few-channels forward pads a layer's input to (4, or 8 for 5 to 8 channels),
+    or 0 where it cannot run it: groups above 1, dilation along the rows (its taps would not be
+    contiguous), more than 8 channels."""
+    c = x.shape[1]
+    if groups != 1 or dilation[1] != 1 or c > 8:
+        return 0
+    return 4 if c <= 4 else 8
+
+
+def few_channels_candidates(configs, x, weight, dilation, groups, allow_tf32: bool) -> list:
+    """Indices of the "few" configs for a forward ``few_channels`` serves, on tensor cores (2-byte
+    types, or float32 with TF32), with at least 32 output channels."""
+    if (not few_channels(x, weight, dilation, groups) or weight.shape[0] < 32
+            or (x.dtype == torch.float32 and not allow_tf32)):
+        return []
+    return [i for i, c in enumerate(configs) if c.get("kind") == "few"]
+
+
+def choose_forward(size: GemmSize, taps=(), few=()) -> int:
     """Direct FMA path for small C/groups·R·S and K/groups, GEMM otherwise; the larger BLOCK_M
     once there are enough pixels for four waves of programs at it; where ``taps`` (the
     ``taps_candidates``) and more than 32 output channels per group, the widest taps tile up to
-    K/groups."""
+    K/groups; where ``few`` (``few_channels_candidates``), the few-channels kernel."""
     if size.red <= 64 and size.N <= 32:
         return 1 if size.M >= 256 * SPLIT_TARGET_PROGRAMS else 0
+    if few:
+        return few[0]
     if size.N <= 32:
         return 3 if size.M >= 128 * SPLIT_TARGET_PROGRAMS else 2
     wide = widest_taps(FORWARD_CONFIGS, taps, size.N)

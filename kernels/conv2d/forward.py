@@ -1,11 +1,13 @@
-"""conv2d forward: a direct FMA kernel for small channel counts and an implicit GEMM on tensor cores."""
+"""conv2d forward: a direct FMA kernel for small channel counts, implicit GEMMs on tensor cores (general, taps,
+and for few input channels)."""
 import triton
 import triton.language as tl
 
 from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channel_contiguous, channels_inner,
-                       choose_config, dot_args, in_image, mma, needs_int64, new_empty, pixel_decode, pixel_tile,
-                       program_ids, reduction_tile, tap_block, window_start)
-from .configs import FORWARD_CONFIGS, choose_forward, direct_block_n, taps_candidates, taps_variant
+                       choose_config, dot_args, in_image, mma, needs_int64, new_empty, next_pow2, pixel_decode,
+                       pixel_tile, program_ids, reduction_tile, tap_block, window_start)
+from .configs import (FORWARD_CONFIGS, choose_forward, direct_block_n, few_channels, few_channels_candidates,
+                      taps_candidates, taps_variant)
 from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
 
 
@@ -170,6 +172,62 @@ def _conv2d_forward_taps_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _conv2d_forward_few_channels_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, OH, OW, K, R, stride_h, dil_h,
+    s_xn, s_xh, s_wk, s_wr, s_b, s_yn, s_yk, s_yh, s_yw,
+    STRIDE_W: tl.constexpr, CP: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    # Implicit GEMM for layers with few input channels (ResNet's stem, 3 -> 64 7x7 stride 2), after
+    # CUTLASS's "few channels" iterators: M = N·OH·OW output pixels, N = K output channels, reduction
+    # over (r, s, c) one filter row r per step. The launcher hands it x zero-padded in space (so no
+    # tap falls outside it) and in channels to CP, channels_last: one filter row's taps s of a pixel
+    # are then BLOCK_K = SP·CP contiguous elements (SP: the row's S taps rounded up to a power of
+    # two, the extra ones weighted zero), 16-byte aligned when STRIDE_W·CP elements are (STRIDE_W is
+    # a constant for that reason). Its weight is (K, R, SP, CP), contiguous: the B tile is K-major.
+    # Program (pid_m, pid_n) owns a BLOCK_M x BLOCK_N tile of y with its fp32 accumulator in
+    # registers; R steps, each one A tile (a row per pixel, masked by pixel only) and one B tile,
+    # then tl.dot. Bias is added in fp32; y is written once in its dtype.
+    pid_m, pid_n, _ = program_ids(INT64)
+
+    n, oh, ow, mask_m = pixel_tile(pid_m * BLOCK_M, M, OH, OW, BLOCK_M)
+    row = n * s_xn + (oh * stride_h) * s_xh + (ow * STRIDE_W) * CP
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < K
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r in range(0, R):
+        a = tl.load(x_ptr + (row + r * dil_h * s_xh)[:, None] + offs_k[None, :], mask=mask_m[:, None], other=0.0)
+        b = tl.load(w_ptr + (offs_n * s_wk)[None, :] + r * s_wr + offs_k[:, None], mask=mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, DOT_PRECISION, DOT_FP32)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n * s_b, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + (n * s_yn + oh * s_yh + ow * s_yw)[:, None] + (offs_n * s_yk)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _few_channels_operands(x, weight, stride, padding, dilation, out_size, cp):
+    """x zero-padded in space and to ``cp`` channels, channels_last and 16-byte aligned per row, and
+    the weight as (K, R, SP, CP) with zeros in the padded taps and channels (see the kernel)."""
+    n_, c_, h, w = x.shape
+    k_, _, r, s = weight.shape
+    (oh, ow), (pt, pl) = out_size, padding
+    sp = next_pow2(s)
+    hp = max(pt + h, (oh - 1) * stride[0] + (r - 1) * dilation[0] + 1)
+    wp = cdiv(max(pl + w, (ow - 1) * stride[1] + sp), 4) * 4      # rows of whole 16-byte units
+    xp = x.new_zeros((n_, hp, wp, cp))
+    xp[:, pt:pt + h, pl:pl + w, :c_] = x.permute(0, 2, 3, 1)
+    wp_ = weight.new_zeros((k_, r, sp, cp))
+    wp_[:, :, :s, :c_] = weight.permute(0, 2, 3, 1)
+    return xp, wp_
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size, *,
                    channels_last=False, allow_tf32=False, config=None):
     """conv2d forward.
@@ -190,8 +248,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
         return y
     size = implicit_gemm_problem_size(FORWARD, ConvProblem(n_, c_, h, w, k_, r, s, oh, ow, groups))
     m, kg = size.M, size.N
-    cfg = choose_config(FORWARD_CONFIGS, config,
-                        lambda: choose_forward(size, taps_candidates(FORWARD_CONFIGS, x, cg, allow_tf32)))
+    cfg = choose_config(FORWARD_CONFIGS, config, lambda: choose_forward(
+        size, taps_candidates(FORWARD_CONFIGS, x, cg, allow_tf32),
+        few_channels_candidates(FORWARD_CONFIGS, x, weight, dilation, groups, allow_tf32)))
     has_bias = bias is not None
     b = bias if has_bias else weight
     s_b = bias.stride(0) if has_bias else 0
@@ -207,6 +266,20 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
             Cg=cg, HAS_BIAS=has_bias, INT64=int64,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    elif cfg["kind"] == "few" and few_channels(x, weight, dilation, groups):
+        cp = few_channels(x, weight, dilation, groups)
+        xp, wp = _few_channels_operands(x, weight, stride, padding, dilation, out_size, cp)
+        yc = y if channels_last else new_empty(y.shape, dtype=y.dtype, device=y.device, channels_last=True)
+        tile = taps_variant(cfg, x.dtype)
+        grid = (cdiv(m, tile["BLOCK_M"]), cdiv(k_, tile["BLOCK_N"]), 1)
+        _conv2d_forward_few_channels_kernel[grid](
+            xp, wp, b, yc, m, oh, ow, k_, r, stride[0], dilation[0],
+            xp.stride(0), xp.stride(1), wp.stride(0), wp.stride(1), s_b, *yc.stride(),
+            STRIDE_W=stride[1], CP=cp, HAS_BIAS=has_bias, **dot_args(x.dtype, allow_tf32),
+            INT64=needs_int64(xp, wp, yc), BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"],
+            BLOCK_K=wp.shape[2] * cp, num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        if yc is not y:
+            y.copy_(yc)
     elif cfg["kind"] == "taps":
         grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
         tile = taps_variant(cfg, x.dtype)
@@ -223,6 +296,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
         if yc is not y:
             y.copy_(yc)
     else:
+        # (a "few" config forced on a layer it cannot serve runs the gemm kernel at its tile)
+        cfg = dict(cfg, BLOCK_K=cfg.get("BLOCK_K", 16))
         grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
         _conv2d_forward_gemm_kernel[grid](
             *common, m, h, w, oh, ow, cg, kg, r, s, *geometry,
@@ -235,10 +310,11 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
 
 def aot_specs():
     """Every forward config x dtype: direct for the Net's conv1 (3 -> 6) and conv2 (6 -> 16), 3x3;
-    GEMM in both layouts (NCHW, channels_last) and, for float32, both precisions. Not the taps
-    kernel: its speed rests on the JIT's specialisation (channel stride 1, strides divisible by 16),
-    without which it is a different kernel (it spills); it is compiled and checked in the call view
-    (``python -m cnnfast.kernels.aot --suite ...``) for the layers it serves."""
+    GEMM in both layouts (NCHW, channels_last) and, for float32, both precisions. Not the taps or
+    few-channels kernels: their speed rests on the JIT's specialisation (channel stride 1, strides
+    divisible by 16), without which they are different kernels (the taps one spills); they are
+    compiled and checked in the call view (``python -m cnnfast.kernels.aot --suite ...``) for the
+    layers they serve."""
     specs = []
     for dt in TL_DTYPE.values():
         pointers = dict(x_ptr=f"*{dt}", w_ptr=f"*{dt}", b_ptr=f"*{dt}", y_ptr=f"*{dt}")
