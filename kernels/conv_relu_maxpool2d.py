@@ -20,7 +20,7 @@ from .conv2d import conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
 # - FMA (direct convolution): for tiny channel counts (the Net: C=3 -> K=6, C=6 -> K=16), where
 #   tensor-core tiles (16 deep, 16 wide) would be mostly padding and the layer is bound by latency and
 #   memory, not FLOPs. A program owns 8 output channels (all 6 of conv1, half of conv2's 16) of its
-#   pooled pixels, so x is read once (conv1) or twice (conv2) per pixel tile.
+#   pooled pixels, or 16 (all of conv2's: each loaded input value feeds twice the FMAs).
 # - DOT (implicit GEMM on tensor cores): everything else.
 FMA_CONFIGS = [
     dict(BLOCK_P=128, BLOCK_K=8, num_warps=4),   # many pooled pixels: Net conv1 at batch >= 150
@@ -28,7 +28,14 @@ FMA_CONFIGS = [
     # smaller problems: one warp per program, the most programs. Triton 3.6 spills it at one warp on
     # sm_80 with 16-bit inputs (168 registers, 16 B of stack); two warps do not.
     dict(BLOCK_P=32, BLOCK_K=8, num_warps=1 if TRITON_VERSION >= (3, 8) else 2),
+    # 9 to 16 output channels (conv2) with enough pooled pixels: every channel in one program, 55% of
+    # the main loop's instructions FMAs in float32 (43% at 8 channels). Triton 3.8 only: it spills the
+    # tile at 4 warps and 128 pixels in the spec view (unspecialised integers) on sm_90 (4 B); Triton
+    # 3.6 caps it at 168 registers and spills it on sm_90 (as the JIT compiles conv2) and on sm_80 in
+    # 16-bit types, at 2 warps and 4.
+    *([dict(BLOCK_P=64, BLOCK_K=16, num_warps=2)] if TRITON_VERSION >= (3, 8) else []),
 ]
+_FMA_ALL_CHANNELS = 3 if len(FMA_CONFIGS) > 3 else None   # the 16-channel config, where there is one
 # BLOCK_C is for 16-bit inputs; float32 uses BLOCK_C // 2 (same bytes per tile), at least 16 (the
 # depth of a TF32 dot; `_block_c`). Tiles are kept small because every element of the gathered
 # (implicit-im2col) tiles carries its own pointer and mask: larger ones spill on sm_80/sm_90.
@@ -51,9 +58,13 @@ _MIN_PROGRAMS = 264  # about two programs per SM on an H100 (132 SMs)
 
 
 @triton.jit
-def _pooled_tile(P_TOTAL, PH, PW, Kg, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr):
-    """Pooled pixels (n, ph, pw) and group-local output channels owned by this program."""
-    offs_p = wide(tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P), INT64)
+def _pooled_tile(P_TOTAL, PH, PW, Kg, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
+                 local=None):
+    """Pooled pixels (n, ph, pw) and group-local output channels owned by this program; ``local``:
+    the tile's pixel indices to decode (default ``arange(BLOCK_P)``)."""
+    if local is None:
+        local = tl.arange(0, BLOCK_P)
+    offs_p = wide(tl.program_id(0) * BLOCK_P + local, INT64)
     offs_k = wide(tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K), INT64)
     g = wide(tl.program_id(2), INT64)
     pw = offs_p % PW
@@ -96,6 +107,7 @@ def _conv_relu_maxpool2d_forward_kernel(
     HAS_BIAS: tl.constexpr, WITH_POS: tl.constexpr, INT64: tl.constexpr,
     DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    FMA_WK: tl.constexpr, FMA_WC: tl.constexpr,
 ):
     # Both engines: a program owns BLOCK_P pooled pixels (n, ph, pw) x BLOCK_K output channels of
     # group g (grid axis 2), computes every conv output of their pool windows in fp32 registers and
@@ -107,11 +119,13 @@ def _conv_relu_maxpool2d_forward_kernel(
     # 60-80% padding, and the Net's layers (~0.3 MFLOP per image) are bound by latency and memory
     # traffic, not FLOPs. What matters is issuing few instructions per FMA and reading x once:
     # the program holds all PKH*PKW (padded to PKP) conv positions of its pool windows at once, as an
-    # fp32 register tile acc[BLOCK_K, PKP, BLOCK_P] (each thread: one pixel, all its window positions
-    # and channels). The reduction runs over the R x S taps (unrolled) and, innermost, the input
-    # channels c (runtime loop, so only one tap's pointers are live); per step a thread loads PKP
-    # input values and BLOCK_K weights (same address across the warp: a broadcast, loaded once and
-    # reused for every window position) and issues PKP * BLOCK_K FMAs.
+    # fp32 outer-product register tile acc[BLOCK_K, PKP * BLOCK_P] (the positions flattened, window
+    # offset outer: x loads straight into its columns' layout and the weights into its rows', so the
+    # loop converts no layout and touches no shared memory). The reduction runs over the R x S taps
+    # (unrolled) and, innermost, the input channels c (runtime loop, so only one tap's pointers are
+    # live); per step a thread loads its positions' input values and the BLOCK_K weights (one pointer
+    # at constant offsets: the weight's channel strides are constants, FMA_WK and FMA_WC; the same
+    # addresses across the warp, a broadcast) and issues an FMA per pair.
     # Epilogue: + bias, round to the output dtype, ReLU, then the window max with PyTorch's rule (last
     # NaN, else first maximum), computed as reductions over the window axis. Window positions outside
     # the conv output [0, OH) x [0, OW) (pool padding, ceil_mode) are skipped.
@@ -163,16 +177,23 @@ def _conv_relu_maxpool2d_forward_kernel(
             v = _relu_rounded(acc + bias[:, None], out_ptr.dtype.element_ty)
             best, best_q = max_take(v, best, best_q, q, valid[None, :])
     else:
-        q = tl.arange(0, PKP)                                        # window offset i * PKW + j
-        oh0, ow0 = window_start(ph, pw, pool_sh, pool_sw, pool_ph, pool_pw)
-        oh = oh0[None, :] + ((q // PKW) * pool_dh)[:, None]         # [PKP, BLOCK_P]
-        ow = ow0[None, :] + ((q % PKW) * pool_dw)[:, None]
-        valid = in_image(mask_p[None, :] & (q < PKH * PKW)[:, None], oh, ow, OH, OW)
+        # The conv outputs of the tile's pool windows as one flat axis of PKP * BLOCK_P positions
+        # (window offset q outer, pooled pixel inner), so the accumulator is a plain outer-product
+        # tile acc[BLOCK_K, PKP * BLOCK_P]: x loads straight into its column layout and the weights
+        # into its row layout, with no layout conversion (no shared memory) in the loop.
+        qp = tl.arange(0, PKP * BLOCK_P)
+        q = qp // BLOCK_P                                            # window offset i * PKW + j
+        n_q, ph_q, pw_q, mask_q, _, _, _ = _pooled_tile(P_TOTAL, PH, PW, Kg, BLOCK_P, BLOCK_K, INT64, qp % BLOCK_P)
+        oh0, ow0 = window_start(ph_q, pw_q, pool_sh, pool_sw, pool_ph, pool_pw)
+        oh = oh0 + (q // PKW) * pool_dh
+        ow = ow0 + (q % PKW) * pool_dw
+        valid = in_image(mask_q & (q < PKH * PKW), oh, ow, OH, OW)
         ih0, iw0 = window_start(oh, ow, conv_sh, conv_sw, conv_ph, conv_pw)
-        x_base = x_ptr + (n * stride_xn)[None, :] + g * Cg * stride_xc
-        w_base = w_ptr + k * stride_wk
+        x_base = x_ptr + n_q * stride_xn + g * Cg * stride_xc
+        # The weight's channel strides as constants: its BLOCK_K rows are one pointer and constant offsets.
+        w_base = w_ptr + k * FMA_WK
 
-        acc = tl.zeros([BLOCK_K, PKP, BLOCK_P], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_K, PKP * BLOCK_P], dtype=tl.float32)
         for r in tl.static_range(R):
             ih, ok_h = tap(ih0, r, conv_dh, H, valid)
             for s in tl.static_range(S):
@@ -183,17 +204,18 @@ def _conv_relu_maxpool2d_forward_kernel(
                 for c in range(0, Cg):
                     xv = tl.load(x_ptrs, mask=ok, other=0.0).to(tl.float32)
                     wv = tl.load(w_ptrs, mask=mask_k, other=0.0).to(tl.float32)
-                    acc += wv[:, None, None] * xv[None, :, :]
+                    acc += wv[:, None] * xv[None, :]
                     x_ptrs += stride_xc
-                    w_ptrs += stride_wc
+                    w_ptrs += FMA_WC
 
         if HAS_BIAS:
-            acc += tl.load(b_ptr + k, mask=mask_k, other=0.0).to(tl.float32)[:, None, None]
-        v = _relu_rounded(acc, out_ptr.dtype.element_ty)
+            acc += tl.load(b_ptr + k, mask=mask_k, other=0.0).to(tl.float32)[:, None]
+        v = tl.reshape(_relu_rounded(acc, out_ptr.dtype.element_ty), [BLOCK_K, PKP, BLOCK_P])
+        valid = tl.reshape(valid, [PKP, BLOCK_P])
         # PyTorch's running-max rule (_common.max_take) over the whole window at once, as reductions: the
         # last NaN if any, else the first maximum. Invalid positions read -inf and never win (valid values
         # are >= 0 or NaN).
-        q3 = q[None, :, None]
+        q3 = tl.arange(0, PKP)[None, :, None]
         is_nan = (v != v) & valid[None, :, :]
         q_nan = tl.max(tl.where(is_nan, q3, -1), axis=1)
         v = tl.where(valid[None, :, :] & (v == v), v, float("-inf"))
@@ -210,10 +232,13 @@ def _choose(kind_fma, p_total, kg, dtype, allow_tf32):
     the smallest); DOT: the large tile when it gives _MIN_PROGRAMS programs and the dot is not exact
     float32 ("ieee"), else the small one."""
     if kind_fma:
-        for i, cfg in enumerate(FMA_CONFIGS):
-            if cdiv(p_total, cfg["BLOCK_P"]) * cdiv(kg, cfg["BLOCK_K"]) >= _MIN_PROGRAMS:
+        programs = lambda i: cdiv(p_total, FMA_CONFIGS[i]["BLOCK_P"]) * cdiv(kg, FMA_CONFIGS[i]["BLOCK_K"])  # noqa: E731
+        if kg > 8 and _FMA_ALL_CHANNELS is not None and programs(_FMA_ALL_CHANNELS) >= _MIN_PROGRAMS:
+            return _FMA_ALL_CHANNELS
+        for i in range(3):
+            if programs(i) >= _MIN_PROGRAMS:
                 return i
-        return len(FMA_CONFIGS) - 1
+        return 2
     ieee_fp32 = dtype == torch.float32 and not allow_tf32
     big = cdiv(p_total, 64) * cdiv(kg, 32) >= _MIN_PROGRAMS
     return len(FMA_CONFIGS) + (0 if big and not ieee_fp32 else 1)
@@ -266,11 +291,12 @@ def conv_relu_maxpool2d_forward(x, weight, bias, stride, padding, dilation, grou
                   WITH_POS=with_pos, INT64=needs_int64(x, weight, out),
                   BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
     if cfg["kind"] == "fma":  # the DOT-only constexprs at fixed values: one compiled kernel per FMA config
-        engine = dict(DOT=False, DOT_PRECISION="ieee", DOT_FP32=False, BLOCK_C=1)
+        engine = dict(DOT=False, DOT_PRECISION="ieee", DOT_FP32=False, BLOCK_C=1,
+                      FMA_WK=weight.stride(0), FMA_WC=weight.stride(1))
     else:
         engine = dict(DOT=True, DOT_PRECISION="tf32" if x.dtype != torch.float32 or allow_tf32 else "ieee",
                       DOT_FP32=interpreting() and x.dtype == torch.bfloat16,
-                      BLOCK_C=_block_c(cfg, TL_DTYPE[x.dtype]), num_stages=cfg["num_stages"])
+                      BLOCK_C=_block_c(cfg, TL_DTYPE[x.dtype]), FMA_WK=0, FMA_WC=0, num_stages=cfg["num_stages"])
     _conv_relu_maxpool2d_forward_kernel[grid](*args, PKP=next_pow2(pool_kernel[0] * pool_kernel[1]), **engine,
                                               **common)
     return out, pos
@@ -312,13 +338,15 @@ def aot_specs():
     for dt in TL_DTYPE.values():
         pointers = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "out_ptr": f"*{dt}", "pos_ptr": "*i8"}
         for ci, cfg in enumerate(FMA_CONFIGS):
+            # the Net's conv1 (3 -> 6) for 8-channel tiles, conv2 (6 -> 16) for 16; contiguous weights
+            cg = 3 if cfg["BLOCK_K"] == 8 else 6
             for with_pos in (True, False) if ci == 0 else (True,):
                 specs.append(aot_spec(
                     f"conv_relu_maxpool2d_fma/{dt}/r3p2{'-pos' if with_pos else ''}"
                     f"/BP{cfg['BLOCK_P']}-BK{cfg['BLOCK_K']}-W{cfg['num_warps']}",
                     _conv_relu_maxpool2d_forward_kernel, pointers,
                     dict(geometry, WITH_POS=with_pos, DOT=False, DOT_PRECISION="ieee", DOT_FP32=False,
-                         BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=1),
+                         BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=1, FMA_WK=cg * 9, FMA_WC=9),
                     cfg["num_warps"], 1))
         for ci, cfg in enumerate(DOT_CONFIGS):
             precisions = (("tf32", "ieee") if ci == 1 else ("tf32",)) if dt == "fp32" else ("tf32",)
@@ -329,6 +357,6 @@ def aot_specs():
                     f"/BP{cfg['BLOCK_P']}-BK{cfg['BLOCK_K']}-BC{block_c}-W{cfg['num_warps']}-S{cfg['num_stages']}",
                     _conv_relu_maxpool2d_forward_kernel, pointers,
                     dict(geometry, WITH_POS=True, DOT=True, DOT_PRECISION=precision, DOT_FP32=False,
-                         BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=block_c),
+                         BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], BLOCK_C=block_c, FMA_WK=0, FMA_WC=0),
                     cfg["num_warps"], cfg["num_stages"]))
     return specs
