@@ -71,6 +71,10 @@ FEW_CHANNELS = {
     "5->32 5x5 s(1,2) p(2,1)": (5, 32, (5, 5), (1, 2), (2, 1), (1, 1), 11, 10),
     "3->32 3x3 d(2,1)": (3, 32, (3, 3), (1, 1), (2, 1), (2, 1), 9, 8),
     "3->32 4x4 same": (3, 32, (4, 4), (1, 1), (1, 1), (1, 1), 8, 9),
+    # narrow rows: one tap (1x1, 7x1) or two, padded to the 16-element depth of a tensor-core dot
+    "3->64 1x1 s2": (3, 64, (1, 1), (2, 2), (0, 0), (1, 1), 9, 8),
+    "3->32 7x1": (3, 32, (7, 1), (1, 1), (3, 0), (1, 1), 10, 7),
+    "6->32 3x2": (6, 32, (3, 2), (1, 1), (1, 0), (1, 1), 8, 9),
 }
 
 
@@ -78,8 +82,8 @@ FEW_CHANNELS = {
 @pytest.mark.parametrize("case", list(FEW_CHANNELS), ids=list(FEW_CHANNELS))
 def test_few_channels_forward_matches_float64(case, layout):
     """The few-channels kernel (the "few" configs, channels padded to 4 or 8, one filter row per step)
-    on the layers it serves, float16 and float32 with TF32, with bias, odd sizes, both layouts; the
-    heuristic picks it for them."""
+    on the layers it serves, float16 and float32 with TF32, with bias, odd sizes, both layouts; a
+    candidate exactly where it serves (elsewhere, forced, the gemm kernel runs)."""
     from cnnfast.kernels import conv2d_forward
     from cnnfast.kernels.conv2d import configs
     c, k, kernel, stride, (pt, pl), dilation, h, w = FEW_CHANNELS[case]
@@ -91,12 +95,31 @@ def test_few_channels_forward_matches_float64(case, layout):
     for dtype in (torch.float16, torch.float32):
         args = (x.to(dtype).contiguous(memory_format=fmt), wt.to(dtype).contiguous(memory_format=fmt), b.to(dtype),
                 stride, (pt, pl), dilation, 1, tuple(ref.shape[2:]))
-        if dilation[1] == 1:
-            assert configs.few_channels_candidates(configs.FORWARD_CONFIGS, args[0], args[1], dilation, 1, True) == few
+        # it serves rows of padded taps up to 128 bytes: in float32 not the 11x11 row (16 taps x 4
+        # channels x 4 B) nor the 5-channel 5x5 one (8 x 8 x 4 B)
+        serves = dilation[1] == 1 and not (dtype == torch.float32 and kernel in ((11, 11), (5, 5)))
+        assert configs.few_channels_candidates(configs.FORWARD_CONFIGS, args[0], args[1], dilation, 1, True) == \
+            (few if serves else [])
         for config in [*few, None]:
             out = conv2d_forward(*args, channels_last=layout == "channels_last", allow_tf32=True, config=config)
             assert out.is_contiguous(memory_format=fmt)
             assert_matches(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_few_channels_forward_reads_nothing_beside_a_window(dtype):
+    """The padded taps of a few-channels row are never read: an Inf just right of a window (the stem's
+    7 taps, padded to 8) reaches exactly the outputs whose windows hold it, as in PyTorch."""
+    from cnnfast.kernels import conv2d_forward
+    x, w, b = rand(2, 3, 21, 18), rand(64, 3, 7, 7), rand(64)
+    x[:, :, :, 10] = float("inf")     # output column 3 reads x columns 3-9; its padded 8th tap, column 10
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=3)
+    out = conv2d_forward(x.to(dtype), w.to(dtype), b.to(dtype), (2, 2), (3, 3), (1, 1), 1, tuple(ref.shape[2:]),
+                         allow_tf32=True)
+    finite = torch.isfinite(ref)
+    assert not finite.all() and finite.any()
+    assert torch.equal(torch.isfinite(out), finite)
+    assert_matches(torch.where(finite, out.double(), 0.0), torch.where(finite, ref, 0.0), dtype)
 
 
 @pytest.mark.parametrize("config", _configs("conv2d_forward"))

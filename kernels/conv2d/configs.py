@@ -153,14 +153,26 @@ def widest_taps(configs, taps, extent: int, key: str = "BLOCK_N"):
     return max(fitting, key=lambda i: configs[i][key]) if fitting else None
 
 
+def few_channels_taps(s: int, cp: int) -> int:
+    """A few-channels filter row's taps, padded: a power of two, at least 16 elements with ``cp``
+    channels (the depth of a tensor-core dot)."""
+    return max(next_pow2(s), 16 // cp)
+
+
 def few_channels(x, weight, dilation, groups) -> int:
-    """The channel count a few-channels forward pads a layer's input to (4, or 8 for 5 to 8 channels),
-    or 0 where it cannot run it: groups above 1, dilation along the rows (its taps would not be
-    contiguous), more than 8 channels."""
-    c = x.shape[1]
+    """The channel count a few-channels forward pads a layer's input to, or 0 where it cannot run it:
+    groups above 1, dilation along the rows (its taps would not be contiguous), more than 8 channels,
+    or a filter row of padded taps over 128 bytes (its tiles would outgrow shared memory). 4 for up
+    to 4 channels, else 8; and 8 where 4 would end a row's real taps inside a 16-byte vector (the
+    stem's 7 taps x 4 channels in 2-byte types), whose mask would then cut every load to 8 bytes."""
+    c, s, size = x.shape[1], weight.shape[3], x.element_size()
     if groups != 1 or dilation[1] != 1 or c > 8:
         return 0
-    return 4 if c <= 4 else 8
+    fits = lambda cp: few_channels_taps(s, cp) * cp * size <= 128  # noqa: E731
+    cp = 4 if c <= 4 else 8
+    if cp == 4 and (s * 4 * size) % 16 and fits(8):
+        cp = 8
+    return cp if fits(cp) else 0
 
 
 def few_channels_candidates(configs, x, weight, dilation, groups, allow_tf32: bool) -> list:

@@ -7,7 +7,7 @@ from .._common import (TL_DTYPE, aot_precisions, aot_spec, aot_tag, cdiv, channe
                        choose_config, dot_args, in_image, mma, needs_int64, new_empty, next_pow2, pixel_decode,
                        pixel_tile, program_ids, reduction_tile, tap_block, window_start)
 from .configs import (FORWARD_CONFIGS, choose_forward, direct_block_n, few_channels, few_channels_candidates,
-                      taps_candidates, taps_variant)
+                      few_channels_taps, taps_candidates, taps_variant)
 from .gemm import FORWARD, ConvProblem, implicit_gemm_problem_size
 
 
@@ -177,7 +177,7 @@ def _conv2d_forward_few_channels_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     M, OH, OW, K, R, stride_h, dil_h,
     s_xn, s_xh, s_wk, s_wr, s_b, s_yn, s_yk, s_yh, s_yw,
-    STRIDE_W: tl.constexpr, CP: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STRIDE_W: tl.constexpr, CP: tl.constexpr, SC: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -186,8 +186,10 @@ def _conv2d_forward_few_channels_kernel(
     # over (r, s, c) one filter row r per step. The launcher hands it x zero-padded in space (so no
     # tap falls outside it) and in channels to CP, channels_last: one filter row's taps s of a pixel
     # are then BLOCK_K = SP·CP contiguous elements (SP: the row's S taps rounded up to a power of
-    # two, the extra ones weighted zero), 16-byte aligned when STRIDE_W·CP elements are (STRIDE_W is
-    # a constant for that reason). Its weight is (K, R, SP, CP), contiguous: the B tile is K-major.
+    # two, at least 16 elements, the extra ones weighted zero and never read: masked past SC = S·CP,
+    # so an Inf or NaN beside a window cannot reach it), 16-byte aligned when STRIDE_W·CP elements
+    # are (STRIDE_W is a constant for that reason). Its weight is (K, R, SP, CP), contiguous: the B
+    # tile is K-major.
     # Program (pid_m, pid_n) owns a BLOCK_M x BLOCK_N tile of y with its fp32 accumulator in
     # registers; R steps, each one A tile (a row per pixel, masked by pixel only) and one B tile,
     # then tl.dot. Bias is added in fp32; y is written once in its dtype.
@@ -202,7 +204,8 @@ def _conv2d_forward_few_channels_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r in range(0, R):
-        a = tl.load(x_ptr + (row + r * dil_h * s_xh)[:, None] + offs_k[None, :], mask=mask_m[:, None], other=0.0)
+        a = tl.load(x_ptr + (row + r * dil_h * s_xh)[:, None] + offs_k[None, :],
+                    mask=mask_m[:, None] & (offs_k < SC)[None, :], other=0.0)
         b = tl.load(w_ptr + (offs_n * s_wk)[None, :] + r * s_wr + offs_k[:, None], mask=mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, DOT_PRECISION, DOT_FP32)
 
@@ -218,7 +221,7 @@ def _few_channels_operands(x, weight, stride, padding, dilation, out_size, cp):
     n_, c_, h, w = x.shape
     k_, _, r, s = weight.shape
     (oh, ow), (pt, pl) = out_size, padding
-    sp = next_pow2(s)
+    sp = few_channels_taps(s, cp)
     hp = max(pt + h, (oh - 1) * stride[0] + (r - 1) * dilation[0] + 1)
     wp = cdiv(max(pl + w, (ow - 1) * stride[1] + sp), 4) * 4      # rows of whole 16-byte units
     xp = x.new_zeros((n_, hp, wp, cp))
@@ -275,7 +278,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
         _conv2d_forward_few_channels_kernel[grid](
             xp, wp, b, yc, m, oh, ow, k_, r, stride[0], dilation[0],
             xp.stride(0), xp.stride(1), wp.stride(0), wp.stride(1), s_b, *yc.stride(),
-            STRIDE_W=stride[1], CP=cp, HAS_BIAS=has_bias, **dot_args(x.dtype, allow_tf32),
+            STRIDE_W=stride[1], CP=cp, SC=s * cp, HAS_BIAS=has_bias, **dot_args(x.dtype, allow_tf32),
             INT64=needs_int64(xp, wp, yc), BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"],
             BLOCK_K=wp.shape[2] * cp, num_warps=tile["num_warps"], num_stages=tile["num_stages"])
         if yc is not y:
