@@ -127,7 +127,7 @@ class Backend:
         if not self.contiguous and set(self.functions) == set(interface.NAMES):
             return obj
         calls = types.SimpleNamespace()
-        for attribute in ("FUSED_STATE", "NONDETERMINISTIC", "tune_configs"):
+        for attribute in ("FUSED_STATE", "NONDETERMINISTIC", "tune_configs", "CONFIG_DIGEST"):
             if hasattr(obj, attribute):
                 setattr(calls, attribute, getattr(obj, attribute))
         for launcher in interface.NAMES:

@@ -162,7 +162,8 @@ def _shortcut(op: str, backend, tensors, params):
     asked for, grad mode, the settings "auto" reads, and each tensor's shape, strides, dtype, device
     and ``requires_grad`` with the other arguments as given. None (not there) where the call takes the
     full path whatever was judged: under torch.compile, autocast, torch.func transforms or
-    forward-mode AD, on tensor subclasses, or with an argument that cannot be a key (a list)."""
+    forward-mode AD, on tensor subclasses and tensors without strides, or with an argument that
+    cannot be a key (a list)."""
     if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or _differentiated_forward():
         return None, False
     key = [op, backends._current() if backend is None else backend, torch.is_grad_enabled(),
@@ -170,10 +171,10 @@ def _shortcut(op: str, backend, tensors, params):
     for t in tensors:
         if t is None:
             key.append(None)
-        elif type(t) in _PLAIN:
+        elif type(t) in _PLAIN and t.layout is torch.strided:
             key.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
         else:
-            return None, False
+            return None, False     # a subclass, or a sparse or mkldnn tensor (no strides)
     key = tuple(key)
     try:
         return key, key in tune.STOCK_CALLS

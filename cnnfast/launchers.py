@@ -52,6 +52,10 @@ Optional attributes, besides the functions:
     The configs the tuner may time for one call (a list of values passed back as ``config=``, or
     ``[None]``): the backend then goes through the tuner when named explicitly, and each config is a
     candidate of "auto". The Triton backend lists its tile configs this way.
+``CONFIG_DIGEST``
+    With ``tune_configs``: a string that changes whenever the configs those values stand for change
+    (a list entry added, removed or edited). A choice of config saved on disk under another digest
+    is measured again instead of read back (an index would name another config).
 """
 
 import torch

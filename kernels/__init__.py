@@ -11,6 +11,19 @@ __all__ = [
 ]
 
 
+def _config_digest() -> str:
+    """A digest of every config list ``tune_configs`` indexes (``cnnfast.launchers``: CONFIG_DIGEST)."""
+    import hashlib
+    from . import conv_relu_maxpool2d as fused, max_pool2d as pool
+    from .conv2d import configs as conv
+    lists = (conv.FORWARD_CONFIGS, conv.INPUT_GRAD_CONFIGS, conv.WEIGHT_GRAD_CONFIGS, conv.BIAS_GRAD_CONFIGS,
+             pool.FORWARD_CONFIGS, pool.BACKWARD_CONFIGS, fused.CONFIGS)
+    return hashlib.sha1(repr(lists).encode()).hexdigest()[:12]
+
+
+CONFIG_DIGEST = _config_digest()
+
+
 def tune_configs(launcher: str, args, kwargs):
     """The configs the tuner may time for this call (``cnnfast.launchers``): indices into the kernels'
     config lists that can serve it, or [None] for a launcher without configs. Configs are pruned by

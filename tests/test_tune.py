@@ -626,6 +626,28 @@ def test_a_named_backend_tunes_among_its_own_configs(tuner, monkeypatch):
 
 
 @pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
+def test_a_config_saved_under_other_config_lists_is_measured_again(tuner, monkeypatch):
+    """A choice of config on disk names an index into the backend's config lists: read back under the
+    lists it was saved with (CONFIG_DIGEST), measured again once they changed."""
+    import cnnfast.kernels as kernels
+    speeds, calls = tuner
+    speeds.update({("triton", 0): 2.0, ("triton", 1): 1.5, "torch": 0.1})
+    monkeypatch.setattr(tune, "_slow", lambda requested, device: False)   # the interpreter is timed here
+    x = torch.randn(2, 3, 9, 9)
+    geometry = cf._pool_geometry(x.shape[2:], 3, 2, 1, 1, False, 3, "max_pool2d")
+    run = lambda: tune.call("triton", "max_pool2d_forward", x, *geometry, with_indices=True, channels_last=False)  # noqa: E731
+    run()
+    for digest, source in ((kernels.CONFIG_DIGEST, "cache"), ("another list", "measured")):
+        monkeypatch.setattr(kernels, "CONFIG_DIGEST", digest)
+        tune._forget_choices()            # a new process: nothing in memory
+        calls.clear()
+        run()
+        d = tune.decisions()[-1]
+        assert (d.backend, d.config, d.source) == ("triton", 1, source)
+        assert bool(calls) == (source == "measured")
+
+
+@pytest.mark.skipif("triton" not in backends.available("cpu"), reason="needs triton (the interpreter on CPU)")
 @pytest.mark.parametrize("launcher", ["conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
                                       "max_pool2d_forward", "max_pool2d_backward", "conv_relu_maxpool2d_forward",
                                       "conv_relu_maxpool2d_backward"])

@@ -306,6 +306,11 @@ def _measure(launcher, requested, key, args, kwargs, pool):
     return best, kernels[best], stock_time, kernels[best]
 
 
+def _config_digest(backend: str):
+    """What backend ``backend``'s config values stand for now (``cnnfast.launchers``: CONFIG_DIGEST)."""
+    return getattr(backends.launchers(backend), "CONFIG_DIGEST", None)
+
+
 def _decide(launcher, requested, key, args, kwargs):
     """The choice for a case not yet in memory: from disk, by measurement, or by the heuristic."""
     device = key[3]
@@ -313,7 +318,8 @@ def _decide(launcher, requested, key, args, kwargs):
     if not _slow(requested, device):
         stored = _file(device).get(disk_key)
         if (isinstance(stored, dict) and stored.get("backend") in backends._REGISTRY
-                and backends.has(stored["backend"], launcher)):
+                and backends.has(stored["backend"], launcher)
+                and (stored.get("config") is None or stored.get("configs") == _config_digest(stored["backend"]))):
             choice = (stored["backend"], stored.get("config"))
             _AGREED[key] = set(stored.get("agreed") or ())
             _record(launcher, requested, key, choice, stored.get("seconds"), stored.get("stock_seconds"), "cache",
@@ -339,7 +345,8 @@ def _decide(launcher, requested, key, args, kwargs):
         else:
             _file(device).put(disk_key, dict(backend=choice[0], config=choice[1], seconds=seconds,
                                              stock_seconds=stock_seconds, kernel_seconds=kernel_seconds,
-                                             agreed=sorted(_AGREED.get(key, ()))))
+                                             agreed=sorted(_AGREED.get(key, ())),
+                                             configs=_config_digest(choice[0]) if choice[1] is not None else None))
     _record(launcher, requested, key, choice, seconds, stock_seconds, source, kernel_seconds)
     _CHOICES[key] = choice
     return choice
