@@ -254,6 +254,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
     cfg = choose_config(FORWARD_CONFIGS, config, lambda: choose_forward(
         size, taps_candidates(FORWARD_CONFIGS, x, cg, allow_tf32),
         few_channels_candidates(FORWARD_CONFIGS, x, weight, dilation, groups, allow_tf32)))
+    # channels the few-channels kernel pads to; 0: it cannot serve the layer (a forced "few" config
+    # then runs the gemm kernel)
+    cp = few_channels(x, weight, dilation, groups) if cfg["kind"] == "few" else 0
     has_bias = bias is not None
     b = bias if has_bias else weight
     s_b = bias.stride(0) if has_bias else 0
@@ -269,8 +272,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
             Cg=cg, HAS_BIAS=has_bias, INT64=int64,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    elif cfg["kind"] == "few" and few_channels(x, weight, dilation, groups):
-        cp = few_channels(x, weight, dilation, groups)
+    elif cp:
         xp, wp = _few_channels_operands(x, weight, stride, padding, dilation, out_size, cp)
         yc = y if channels_last else new_empty(y.shape, dtype=y.dtype, device=y.device, channels_last=True)
         tile = taps_variant(cfg, x.dtype)
@@ -299,8 +301,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out_size,
         if yc is not y:
             y.copy_(yc)
     else:
-        # (a "few" config forced on a layer it cannot serve runs the gemm kernel at its tile)
-        cfg = dict(cfg, BLOCK_K=cfg.get("BLOCK_K", 16))
+        cfg = dict(cfg, BLOCK_K=cfg.get("BLOCK_K", 16))   # a "few" config has none: the gemm kernels' depth
         grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(kg, cfg["BLOCK_N"]), groups)
         _conv2d_forward_gemm_kernel[grid](
             *common, m, h, w, oh, ow, cg, kg, r, s, *geometry,
